@@ -1,0 +1,45 @@
+# Two-command set-up: `make demo` (the main job) and `make test` (lint, types, tests, docs).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PYTHONHASHSEED ?= 0
+
+.PHONY: install demo test lint typecheck unit docs docs-serve bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# Reinstalls only when the project's metadata or the pinned torch/torchvision pair changes.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet --constraint constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/ldt demo
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	$(VENV)/bin/mkdocs serve
+
+test: lint typecheck unit docs
+
+bench: install
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/norm_loss_claim.py
+
+clean:
+	rm -rf site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,159 @@
+"""Lightning adapter for Norm Loss: gradient injection in ``on_before_optimizer_step``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from lightning_dnn_tricks.callbacks.base import TrickCallback
+from lightning_dnn_tricks.functional.norm_loss import (
+    REDUCTIONS,
+    Reduction,
+    add_norm_loss_grad_,
+    mean_abs_norm_deviation,
+)
+from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, check_pattern, select_layers
+from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
+from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_number
+
+NORM_LOSS_SPEC = register_trick(
+    TrickSpec(
+        name="norm_loss",
+        kind="callback",
+        import_path="lightning_dnn_tricks.callbacks.norm_loss:NormLoss",
+        summary="Pull every conv/linear filter towards unit L2 norm (replaces weight decay).",
+        paper="Georgiou et al., Norm Loss, ICPR 2020 (arXiv 2103.06583)",
+        capabilities=Capabilities(manual_optimization=True),
+        docs_page="methods/norm_loss.md",
+    )
+)
+
+
+class NormLoss(TrickCallback):
+    """Norm Loss (Georgiou et al., ICPR 2020): regularise each filter's L2 norm towards 1.
+
+    Adds ``strength * L_norm`` to the training objective, where for every selected conv/linear
+    weight with rows ``w_i`` (one per output filter or neuron)
+    ``L_norm = sum_layers (1/C_out) sum_i (1 - ||w_i||_2)^2``. The gradient is added to ``.grad``
+    in ``on_before_optimizer_step``: after AMP unscaling, once per optimizer step under gradient
+    accumulation, and after each closure evaluation for closure optimizers. It is meant to
+    *replace* L2 weight decay on these tensors; a warning names the optimizer groups where both act.
+
+    Args:
+        strength: ``lambda``, the factor of the Norm Loss term (> 0).
+        reduction: ``"mean"`` (the paper's per-layer ``1/C_out``) or ``"sum"`` over rows.
+        layer_types: module classes to regularise (``isinstance``: timm subclasses included).
+        include: regular expression on module names; only matching modules are regularised.
+        exclude: regular expression on module names to leave out.
+        exclude_classifier: leave the final classifier layer out.
+        log_every_n_steps: how often to log ``norm_loss/mean_abs_deviation``
+            (``mean_i |1 - ||w_i|| |``); 0 disables logging.
+
+    Raises:
+        ValueError: an argument is out of range (the message names it).
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> from lightning_dnn_tricks.callbacks import NormLoss
+        >>> trainer = pl.Trainer(callbacks=[NormLoss(strength=5e-3)], logger=False)
+
+    Note:
+        Biases and normalisation parameters are never regularised (only the weights of the selected
+        layers). The constants (``strength`` default, the reduction) are our choices: the paper's
+        body was not available. A zero row receives zero gradient.
+    """
+
+    spec = NORM_LOSS_SPEC
+
+    def __init__(
+        self,
+        strength: float = 5e-3,
+        reduction: Reduction = "mean",
+        layer_types: Sequence[type[nn.Module]] = WEIGHT_LAYER_TYPES,
+        include: str | None = None,
+        exclude: str | None = None,
+        exclude_classifier: bool = False,
+        log_every_n_steps: int = 50,
+    ) -> None:
+        check_number("strength", strength, low=0.0, low_inclusive=False)
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_pattern("include", include)
+        check_pattern("exclude", exclude)
+        check_number("log_every_n_steps", log_every_n_steps, low=0, integer=True)
+        if not layer_types or not all(
+            isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types
+        ):
+            raise ValueError(
+                f"`layer_types` must be a non-empty sequence of nn.Module classes, got {layer_types!r}."
+            )
+        self.strength = float(strength)
+        self.reduction: Reduction = reduction
+        self.layer_types = tuple(layer_types)
+        self.include = include
+        self.exclude = exclude
+        self.exclude_classifier = exclude_classifier
+        self.log_every_n_steps = log_every_n_steps
+        self._weights: list[nn.Parameter] = []
+
+    def select_weights(self, model: nn.Module) -> list[nn.Parameter]:
+        """The weights this callback regularises in ``model`` (trainable, dim >= 2)."""
+        layers = select_layers(
+            model,
+            types=self.layer_types,
+            include=self.include,
+            exclude=self.exclude,
+            exclude_classifier=self.exclude_classifier,
+        )
+        weights = []
+        for layer in layers:
+            weight = getattr(layer.module, "weight", None)
+            if isinstance(weight, nn.Parameter) and weight.requires_grad and weight.dim() >= 2:
+                weights.append(weight)
+        return weights
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
+        self._weights = self.select_weights(pl_module)
+        if not self._weights:
+            warnings.warn(
+                "NormLoss matched no layer: nothing will be regularised. Check `layer_types`, "
+                "`include` and `exclude`.",
+                TrickWarning,
+                stacklevel=2,
+            )
+        self._warn_on_weight_decay(trainer)
+
+    def _warn_on_weight_decay(self, trainer: pl.Trainer) -> None:
+        regularised = {id(w) for w in self._weights}
+        for opt_index, optimizer in enumerate(trainer.optimizers):
+            for group_index, group in enumerate(optimizer.param_groups):
+                decay = group.get("weight_decay", 0.0)
+                overlap = sum(id(p) in regularised for p in group["params"])
+                if decay and overlap:
+                    warnings.warn(
+                        f"NormLoss: weight_decay={decay} of optimizer {opt_index}, param group "
+                        f"{group_index} also acts on {overlap} of the {len(regularised)} tensors "
+                        "Norm Loss regularises. Norm Loss is meant to replace weight decay there: "
+                        "put those weights in a param group with weight_decay=0.",
+                        TrickWarning,
+                        stacklevel=2,
+                    )
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if not self._weights:
+            return
+        norms = add_norm_loss_grad_(self._weights, self.strength, self.reduction)
+        every = self.log_every_n_steps
+        if every and trainer.global_step % every == 0:
+            pl_module.log(
+                "norm_loss/mean_abs_deviation",
+                mean_abs_norm_deviation(norms),
+                on_step=True,
+                on_epoch=False,
+            )

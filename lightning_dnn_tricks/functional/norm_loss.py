@@ -1,0 +1,136 @@
+"""Norm Loss (Georgiou et al., ICPR 2020, arXiv 2103.06583): keep every filter at unit L2 norm.
+
+For each regularised weight with rows ``w_i`` (one per output filter or neuron; a conv weight
+``(C_out, C_in, k, k)`` has ``C_out`` rows of length ``C_in k k``)::
+
+    L_norm = sum_layers  c_layer * sum_i (1 - ||w_i||_2)^2,    c_layer = 1/C_out ("mean") or 1 ("sum")
+    dL_norm/dw_i = 2 c_layer (||w_i|| - 1) w_i / ||w_i||
+
+The training objective is ``L + strength * L_norm``. :func:`add_norm_loss_grad_` adds the
+gradient straight to ``.grad`` (no autograd graph) with a handful of vectorised operations whatever
+the number of layers; :func:`norm_loss` returns the differentiable scalar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Reduction = Literal["mean", "sum"]
+REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum")
+
+_ZERO_NORM = 1e-12
+
+
+def _check_weights(weights: Sequence[Tensor]) -> None:
+    for weight in weights:
+        if weight.dim() < 2:
+            raise ValueError(
+                "Norm Loss acts on weights with one row per output unit (dim >= 2); "
+                f"got a tensor of shape {tuple(weight.shape)}."
+            )
+
+
+def _row_dims(weight: Tensor) -> tuple[int, ...]:
+    return tuple(range(1, weight.dim()))
+
+
+def row_norms(weights: Sequence[Tensor]) -> list[Tensor]:
+    """The L2 norm of every row (output unit) of each weight, computed in float32 or wider."""
+    _check_weights(weights)
+    return [
+        torch.linalg.vector_norm(
+            w.detach(), dim=_row_dims(w), dtype=torch.promote_types(w.dtype, torch.float32)
+        )
+        for w in weights
+    ]
+
+
+def norm_loss(weights: Sequence[Tensor], reduction: Reduction = "mean") -> Tensor:
+    """The Norm Loss term (differentiable): ``sum_layers c_layer sum_i (1 - ||w_i||)^2``.
+
+    Args:
+        weights: tensors with one row per output unit (conv or linear weights).
+        reduction: ``"mean"`` averages over the rows of each layer (the paper's ``1/C_out``),
+            ``"sum"`` adds them.
+
+    Returns:
+        A scalar tensor; zero for an empty ``weights``.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([[3.0, 4.0], [0.6, 0.8]])   # row norms 5 and 1
+        >>> norm_loss([w]).item()                        # ((1-5)^2 + 0) / 2
+        8.0
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
+    _check_weights(weights)
+    if not weights:
+        return torch.zeros(())
+    terms = []
+    for w in weights:
+        squared = (1.0 - torch.linalg.vector_norm(w, dim=_row_dims(w))) ** 2
+        terms.append(squared.mean() if reduction == "mean" else squared.sum())
+    return torch.stack(terms).sum()
+
+
+def add_norm_loss_grad_(
+    weights: Sequence[Tensor], strength: float, reduction: Reduction = "mean"
+) -> Tensor:
+    """Add ``strength * dL_norm/dw`` to each weight's ``.grad`` in place; return the row norms.
+
+    A weight whose ``.grad`` is ``None`` receives the Norm Loss gradient alone. A row of zeros
+    gets zero gradient (the sub-gradient at the kink of ``||w||``), never NaN.
+
+    Args:
+        weights: parameters with one row per output unit.
+        strength: the factor ``lambda`` of ``L + lambda * L_norm``.
+        reduction: ``"mean"`` (``1/C_out`` per layer, the paper's form) or ``"sum"``.
+
+    Returns:
+        All row norms concatenated (float32), measured before the update, for logging.
+
+    Example:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
+        >>> norms = add_norm_loss_grad_([w], strength=0.5)
+        >>> w.grad                                       # 0.5 * 2 * (5 - 1) * w / 5
+        tensor([[2.4000, 3.2000]])
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
+    norms = row_norms(weights)
+    if not norms:
+        return torch.zeros(0)
+    for w in weights:
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+    rows = [n.numel() for n in norms]
+    all_norms = torch.cat(norms)
+    per_layer = [2.0 * strength / r if reduction == "mean" else 2.0 * strength for r in rows]
+    factor = torch.repeat_interleave(
+        torch.tensor(per_layer, dtype=all_norms.dtype, device=all_norms.device),
+        torch.tensor(rows, device=all_norms.device),
+        output_size=all_norms.numel(),
+    )
+    nonzero = all_norms > _ZERO_NORM
+    coefficient = torch.where(nonzero, (all_norms - 1.0) / all_norms.clamp_min(_ZERO_NORM), 0.0)
+    coefficient = coefficient * factor
+    broadcastable = [
+        c.to(w.dtype).view(-1, *([1] * (w.dim() - 1)))
+        for c, w in zip(coefficient.split(rows), weights, strict=True)
+    ]
+    grads = [w.grad for w in weights]
+    torch._foreach_addcmul_(grads, [w.detach() for w in weights], broadcastable)  # type: ignore[arg-type]
+    return all_norms
+
+
+def mean_abs_norm_deviation(norms: Tensor) -> Tensor:
+    """``mean_i |1 - ||w_i|| |`` over concatenated row norms (the logged health metric)."""
+    if norms.numel() == 0:
+        return torch.zeros(())
+    return (1.0 - norms).abs().mean()

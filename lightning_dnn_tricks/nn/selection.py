@@ -1,0 +1,97 @@
+"""Choosing which layers a trick acts on: by module type, name pattern and classifier exclusion.
+
+Matching uses ``isinstance`` so timm's subclasses (``StdConv2d``, ``timm.layers.Linear``,
+``BatchNormAct2d``...) are found like the torch layers they extend.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+)
+
+
+@dataclass(frozen=True)
+class SelectedLayer:
+    """One selected module and its qualified name in the model."""
+
+    name: str
+    module: nn.Module
+
+
+def find_classifier(model: nn.Module) -> nn.Module | None:
+    """The model's final classifier layer, or ``None`` when it has no linear layer.
+
+    Uses timm's ``get_classifier()`` on the model or any sub-module (so a LightningModule that
+    wraps a timm backbone is covered); otherwise the last ``nn.Linear`` registered in the model.
+    """
+    for module in model.modules():
+        get_classifier = getattr(module, "get_classifier", None)
+        if callable(get_classifier):
+            classifier = get_classifier()
+            if isinstance(classifier, nn.Module) and any(True for _ in classifier.parameters()):
+                return classifier
+    last_linear: nn.Module | None = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last_linear = module
+    return last_linear
+
+
+def select_layers(
+    model: nn.Module,
+    types: Sequence[type[nn.Module]] = WEIGHT_LAYER_TYPES,
+    include: str | None = None,
+    exclude: str | None = None,
+    exclude_classifier: bool = False,
+    predicate: Callable[[str, nn.Module], bool] | None = None,
+) -> list[SelectedLayer]:
+    """Modules of ``model`` that are instances of ``types`` and pass the name filters.
+
+    Args:
+        model: the model to search.
+        types: module classes to match (subclasses included).
+        include: regular expression; keep modules whose qualified name matches (``re.search``).
+        exclude: regular expression; drop modules whose qualified name matches.
+        exclude_classifier: drop the layer returned by :func:`find_classifier`.
+        predicate: a further filter called as ``predicate(name, module)``.
+
+    Returns:
+        The selected layers in registration order; each module appears once.
+    """
+    include_re = re.compile(include) if include else None
+    exclude_re = re.compile(exclude) if exclude else None
+    classifier = find_classifier(model) if exclude_classifier else None
+    selected = []
+    for name, module in model.named_modules(remove_duplicate=True):
+        if not isinstance(module, tuple(types)) or module is classifier:
+            continue
+        if include_re is not None and not include_re.search(name):
+            continue
+        if exclude_re is not None and exclude_re.search(name):
+            continue
+        if predicate is not None and not predicate(name, module):
+            continue
+        selected.append(SelectedLayer(name, module))
+    return selected
+
+
+def check_pattern(argument: str, pattern: str | None) -> None:
+    """Raise ``ValueError`` naming ``argument`` when ``pattern`` is not a valid regular expression."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise ValueError(
+            f"`{argument}` must be a valid regular expression, got {pattern!r}: {error}."
+        ) from None

@@ -1,0 +1,3 @@
+"""Optimizers (plain ``torch.optim.Optimizer`` subclasses). The methods arrive in later releases."""
+
+__all__: list[str] = []

@@ -1,0 +1,120 @@
+"""The registry of tricks and the capabilities each one declares.
+
+Every trick (callback, optimizer or data component) registers a :class:`TrickSpec`. The ``ldt list``
+command, the docs' compatibility matrix and the conformance test suites are all generated from it.
+Pure Python: importing this module does not import Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Literal
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+Strategy = Literal["single_device", "ddp"]
+TrickKind = Literal["callback", "optimizer", "data"]
+
+ALL_PRECISIONS: tuple[Precision, ...] = ("32-true", "bf16-mixed", "16-mixed")
+ALL_STRATEGIES: tuple[Strategy, ...] = ("single_device", "ddp")
+
+# Modules whose import registers the shipped tricks.
+_TRICK_MODULES = ("lightning_dnn_tricks.callbacks", "lightning_dnn_tricks.optim")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a trick needs from a training run and what it supports.
+
+    Attributes:
+        needs_closure: the optimizer step must receive a closure (several gradient evaluations).
+        gradient_evaluations_per_step: forward/backward passes per optimizer step.
+        changes_structure: the trick modifies the model (surgery or parametrisation) at ``setup``.
+        precisions: Trainer ``precision`` values the trick supports.
+        strategies: strategies the trick supports (``single_device``, ``ddp``).
+        gradient_accumulation: supports ``accumulate_grad_batches > 1``.
+        torch_compile: works on a ``torch.compile``-d module.
+        manual_optimization: works when ``automatic_optimization`` is ``False``.
+        max_optimizers: the largest number of optimizers supported (``None``: any).
+    """
+
+    needs_closure: bool = False
+    gradient_evaluations_per_step: int = 1
+    changes_structure: bool = False
+    precisions: tuple[Precision, ...] = ALL_PRECISIONS
+    strategies: tuple[Strategy, ...] = ALL_STRATEGIES
+    gradient_accumulation: bool = True
+    torch_compile: bool = False
+    manual_optimization: bool = False
+    max_optimizers: int | None = None
+
+    def as_row(self) -> dict[str, str]:
+        """The capabilities as short strings, one per column of the compatibility matrix."""
+
+        def yes_no(flag: bool) -> str:
+            return "yes" if flag else "no"
+
+        return {
+            "closure": "required" if self.needs_closure else "not needed",
+            "grad evals/step": str(self.gradient_evaluations_per_step),
+            "changes model": yes_no(self.changes_structure),
+            "precision": ", ".join(self.precisions),
+            "strategy": ", ".join(self.strategies),
+            "grad accumulation": yes_no(self.gradient_accumulation),
+            "torch.compile": yes_no(self.torch_compile),
+            "manual optimization": yes_no(self.manual_optimization),
+            "optimizers": "any" if self.max_optimizers is None else f"<= {self.max_optimizers}",
+        }
+
+
+@dataclass(frozen=True)
+class TrickSpec:
+    """A registered trick: its name, where it lives and what it supports."""
+
+    name: str
+    kind: TrickKind
+    import_path: str
+    summary: str
+    paper: str
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    reconstruction: bool = False
+    docs_page: str = ""
+
+    def load(self) -> type:
+        """Import and return the trick's class."""
+        module_name, _, attribute = self.import_path.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+
+
+_REGISTRY: dict[str, TrickSpec] = {}
+
+
+def register_trick(spec: TrickSpec) -> TrickSpec:
+    """Add ``spec`` to the registry (idempotent for an identical spec)."""
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"A different trick is already registered as {spec.name!r}.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_shipped_tricks() -> None:
+    for module in _TRICK_MODULES:
+        importlib.import_module(module)
+
+
+def list_tricks(kind: TrickKind | None = None) -> list[TrickSpec]:
+    """All registered tricks (optionally of one ``kind``), sorted by name."""
+    _load_shipped_tricks()
+    specs = sorted(_REGISTRY.values(), key=lambda spec: spec.name)
+    return [spec for spec in specs if kind is None or spec.kind == kind]
+
+
+def get_trick(name: str) -> TrickSpec:
+    """The registered trick called ``name``; ``KeyError`` lists the known names."""
+    _load_shipped_tricks()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"No trick named {name!r}. Registered tricks: {known}.") from None
