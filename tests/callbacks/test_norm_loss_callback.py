@@ -1,0 +1,108 @@
+"""The NormLoss callback inside a real Trainer."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from ldt_testing import QUIET_TRAINER, TinyConvNet, tiny_loader
+from torch import nn
+
+from lightning_dnn_tricks import TrickWarning
+from lightning_dnn_tricks.callbacks import NormLoss
+from lightning_dnn_tricks.functional import norm_loss
+
+
+class GradRecorder(pl.Callback):
+    """Records the gradients the optimizer sees (place it after the callbacks under test)."""
+
+    def __init__(self) -> None:
+        self.grads: list[dict[str, torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:  # type: ignore[no-untyped-def]
+        self.grads.append(
+            {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+        )
+
+
+def _fit_one_step(callbacks: list[pl.Callback], **trainer_kwargs: object) -> GradRecorder:
+    recorder = GradRecorder()
+    pl.seed_everything(0)
+    model = TinyConvNet()
+    trainer = pl.Trainer(max_steps=1, callbacks=[*callbacks, recorder], **QUIET_TRAINER, **trainer_kwargs)  # type: ignore[arg-type]
+    trainer.fit(model, tiny_loader())
+    return recorder
+
+
+def test_adds_exactly_the_norm_loss_gradient_once_per_step() -> None:
+    strength = 0.3
+    plain = _fit_one_step([])
+    regularised = _fit_one_step([NormLoss(strength=strength)])
+    pl.seed_everything(0)
+    model = TinyConvNet()
+    weights = [model.features[0].weight, model.head.weight]
+    (strength * norm_loss(weights)).backward()
+    for name, param in [("features.0.weight", weights[0]), ("head.weight", weights[1])]:
+        added = regularised.grads[0][name] - plain.grads[0][name]
+        torch.testing.assert_close(added, param.grad, atol=1e-6, rtol=1e-5)
+    # biases and BatchNorm parameters are untouched
+    for name in ("features.0.bias", "features.1.weight", "head.bias"):
+        torch.testing.assert_close(regularised.grads[0][name], plain.grads[0][name])
+
+
+def test_once_per_optimizer_step_under_gradient_accumulation() -> None:
+    strength = 0.3
+    plain = _fit_one_step([], accumulate_grad_batches=2)
+    regularised = _fit_one_step([NormLoss(strength=strength)], accumulate_grad_batches=2)
+    pl.seed_everything(0)
+    model = TinyConvNet()
+    (strength * norm_loss([model.head.weight])).backward()
+    added = regularised.grads[0]["head.weight"] - plain.grads[0]["head.weight"]
+    torch.testing.assert_close(added, model.head.weight.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_include_exclude_and_classifier_selection() -> None:
+    model = TinyConvNet()
+    assert NormLoss().select_weights(model) == [model.features[0].weight, model.head.weight]
+    assert NormLoss(exclude_classifier=True).select_weights(model) == [model.features[0].weight]
+    assert NormLoss(include=r"^head").select_weights(model) == [model.head.weight]
+    assert NormLoss(exclude=r"features").select_weights(model) == [model.head.weight]
+    assert NormLoss(layer_types=[nn.Conv2d]).select_weights(model) == [model.features[0].weight]
+
+
+def test_timm_layers_are_matched_by_isinstance() -> None:
+    from timm.layers import Linear as TimmLinear
+    from timm.layers import StdConv2d
+
+    model = nn.Sequential(StdConv2d(3, 4, 3), nn.Flatten(), TimmLinear(4, 2))
+    assert len(NormLoss().select_weights(model)) == 2
+
+
+def test_timm_classifier_is_found_for_exclusion() -> None:
+    import timm
+
+    backbone = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    selected = NormLoss(exclude_classifier=True).select_weights(backbone)
+    assert all(weight is not backbone.fc.weight for weight in selected)
+    assert len(selected) == len(NormLoss().select_weights(backbone)) - 1
+
+
+def test_empty_selection_warns() -> None:
+    with pytest.warns(TrickWarning, match="matched no layer"):
+        _fit_one_step([NormLoss(include="does-not-exist")])
+
+
+def test_warns_when_weight_decay_acts_on_the_same_tensors() -> None:
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_steps=1, callbacks=[NormLoss()], **QUIET_TRAINER)  # type: ignore[arg-type]
+    with pytest.warns(TrickWarning, match="weight_decay=0.01"):
+        trainer.fit(TinyConvNet(weight_decay=0.01), tiny_loader())
+
+
+def test_logs_mean_abs_deviation() -> None:
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_steps=2, callbacks=[NormLoss(log_every_n_steps=1)], **QUIET_TRAINER)  # type: ignore[arg-type]
+    model = TinyConvNet()
+    trainer.fit(model, tiny_loader())
+    value = trainer.callback_metrics["norm_loss/mean_abs_deviation"]
+    assert torch.isfinite(value) and value > 0
