@@ -83,7 +83,8 @@ class TrickSpec:
     def load(self) -> type:
         """Import and return the trick's class."""
         module_name, _, attribute = self.import_path.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+        loaded: type = getattr(importlib.import_module(module_name), attribute)
+        return loaded
 
 
 _REGISTRY: dict[str, TrickSpec] = {}

@@ -88,7 +88,8 @@ class NormLoss(TrickCallback):
             isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types
         ):
             raise ValueError(
-                f"`layer_types` must be a non-empty sequence of nn.Module classes, got {layer_types!r}."
+                "`layer_types` must be a non-empty sequence of nn.Module classes, "
+                f"got {layer_types!r}."
             )
         self.strength = float(strength)
         self.reduction: Reduction = reduction

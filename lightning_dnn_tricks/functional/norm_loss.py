@@ -3,7 +3,7 @@
 For each regularised weight with rows ``w_i`` (one per output filter or neuron; a conv weight
 ``(C_out, C_in, k, k)`` has ``C_out`` rows of length ``C_in k k``)::
 
-    L_norm = sum_layers  c_layer * sum_i (1 - ||w_i||_2)^2,    c_layer = 1/C_out ("mean") or 1 ("sum")
+    L_norm = sum_layers c_layer * sum_i (1 - ||w_i||_2)^2,  c_layer = 1/C_out ("mean"), 1 ("sum")
     dL_norm/dw_i = 2 c_layer (||w_i|| - 1) w_i / ||w_i||
 
 The training objective is ``L + strength * L_norm``. :func:`add_norm_loss_grad_` adds the

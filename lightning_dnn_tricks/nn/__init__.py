@@ -8,4 +8,10 @@ from lightning_dnn_tricks.nn.selection import (
     select_layers,
 )
 
-__all__ = ["WEIGHT_LAYER_TYPES", "SelectedLayer", "check_pattern", "find_classifier", "select_layers"]
+__all__ = [
+    "WEIGHT_LAYER_TYPES",
+    "SelectedLayer",
+    "check_pattern",
+    "find_classifier",
+    "select_layers",
+]

@@ -71,9 +71,10 @@ def select_layers(
     include_re = re.compile(include) if include else None
     exclude_re = re.compile(exclude) if exclude else None
     classifier = find_classifier(model) if exclude_classifier else None
+    wanted = tuple(types)
     selected = []
     for name, module in model.named_modules(remove_duplicate=True):
-        if not isinstance(module, tuple(types)) or module is classifier:
+        if not _is_instance(module, wanted) or module is classifier:
             continue
         if include_re is not None and not include_re.search(name):
             continue
@@ -85,8 +86,12 @@ def select_layers(
     return selected
 
 
+def _is_instance(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:
+    return isinstance(module, types)
+
+
 def check_pattern(argument: str, pattern: str | None) -> None:
-    """Raise ``ValueError`` naming ``argument`` when ``pattern`` is not a valid regular expression."""
+    """Raise ``ValueError`` naming ``argument`` unless ``pattern`` is a valid regular expression."""
     if pattern is None:
         return
     try:

@@ -19,9 +19,15 @@ class GradRecorder(pl.Callback):
     def __init__(self) -> None:
         self.grads: list[dict[str, torch.Tensor]] = []
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:  # type: ignore[no-untyped-def]
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer
+    ) -> None:  # type: ignore[no-untyped-def]
         self.grads.append(
-            {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+            {
+                n: p.grad.detach().clone()
+                for n, p in pl_module.named_parameters()
+                if p.grad is not None
+            }
         )
 
 
@@ -29,7 +35,9 @@ def _fit_one_step(callbacks: list[pl.Callback], **trainer_kwargs: object) -> Gra
     recorder = GradRecorder()
     pl.seed_everything(0)
     model = TinyConvNet()
-    trainer = pl.Trainer(max_steps=1, callbacks=[*callbacks, recorder], **QUIET_TRAINER, **trainer_kwargs)  # type: ignore[arg-type]
+    trainer = pl.Trainer(
+        max_steps=1, callbacks=[*callbacks, recorder], **QUIET_TRAINER, **trainer_kwargs
+    )  # type: ignore[arg-type]
     trainer.fit(model, tiny_loader())
     return recorder
 

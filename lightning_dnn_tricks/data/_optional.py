@@ -1,0 +1,35 @@
+"""Import of optional dependencies with an install hint when they are missing."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: Distribution names of optional modules whose import name differs.
+_PACKAGES = {"sklearn": "scikit-learn"}
+
+
+def require(module_name: str, feature: str, *, extra: str = "examples") -> ModuleType:
+    """Import ``module_name``, or raise an ``ImportError`` that says how to install it.
+
+    Args:
+        module_name: the module to import, e.g. ``"sklearn.datasets"``.
+        feature: what needs it, named in the message, e.g. ``"DigitsDataModule"``.
+        extra: the package extra that installs it.
+
+    Raises:
+        ImportError: the module (or one of its own dependencies) cannot be imported.
+
+    Example:
+        >>> require("math", "the example").sqrt(4.0)
+        2.0
+    """
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        top_level = module_name.split(".")[0]
+        package = _PACKAGES.get(top_level, top_level)
+        raise ImportError(
+            f"{feature} needs {package}. Install it with: "
+            f"pip install 'lightning-dnn-tricks[{extra}]' ({error})"
+        ) from error

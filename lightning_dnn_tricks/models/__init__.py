@@ -1,0 +1,12 @@
+"""Reference LightningModules used by the recipes and benchmarks (tricks never depend on them).
+
+Example:
+    >>> from lightning_dnn_tricks.models import SequenceModel, TimmClassifier
+    >>> model = TimmClassifier("resnet18", num_classes=10)
+"""
+
+from lightning_dnn_tricks.models.base import adamw
+from lightning_dnn_tricks.models.sequence_model import SequenceModel
+from lightning_dnn_tricks.models.timm_classifier import TimmClassifier
+
+__all__ = ["SequenceModel", "TimmClassifier", "adamw"]

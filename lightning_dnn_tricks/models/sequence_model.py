@@ -1,0 +1,138 @@
+"""Reference recurrent model (vanilla RNN, GRU or LSTM) for regression or classification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics import MeanSquaredError
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_dnn_tricks.models.base import SchedulerInterval, SupervisedModule, adamw
+from lightning_dnn_tricks.validation import check_choice, check_number
+
+Cell = Literal["rnn", "gru", "lstm"]
+Task = Literal["regression", "classification"]
+Readout = Literal["last", "sequence"]
+CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+TASKS: tuple[Task, ...] = ("regression", "classification")
+READOUTS: tuple[Readout, ...] = ("last", "sequence")
+
+
+class SequenceModel(SupervisedModule):
+    """Recurrent network with a linear head, for sequence regression or classification.
+
+    Inputs are batch-first float tensors ``(B, T, input_size)``. With ``readout="last"`` the head
+    reads the last time step's hidden state of the top layer and predicts ``(B, output_size)``;
+    with ``readout="sequence"`` it predicts at every time step, ``(B, T, output_size)``.
+
+    Targets of an ``(x, y)`` batch:
+
+    - regression: ``(B, output_size)`` (``"last"``) or ``(B, T, output_size)`` (``"sequence"``);
+      when ``output_size == 1`` the trailing dimension may be left out. Loss: mean squared error,
+      logged as ``*/loss`` and ``*/mse``.
+    - classification: integer class indices ``(B,)`` (``"last"``) or ``(B, T)`` (``"sequence"``,
+      e.g. the copy-memory task); ``output_size`` is the number of classes. Loss: cross-entropy
+      averaged over all time steps, logged as ``*/loss`` and ``*/acc`` (top-1 over all predictions).
+
+    ``train/*`` is logged per step, ``val/*`` and ``test/*`` per epoch, as in
+    ``TimmClassifier``. The recurrent layer is ``self.rnn`` (a
+    ``torch.nn.RNN``/``GRU``/``LSTM``) and the head ``self.head`` (a ``torch.nn.Linear``).
+
+    Args:
+        cell: ``"rnn"`` (vanilla tanh RNN), ``"gru"`` or ``"lstm"``.
+        input_size: number of input features per time step (>= 1).
+        hidden_size: number of hidden units per layer (>= 1).
+        num_layers: number of stacked recurrent layers (>= 1).
+        output_size: regression outputs (>= 1) or number of classes (>= 2).
+        task: ``"regression"`` or ``"classification"``.
+        readout: ``"last"`` (one prediction per sequence) or ``"sequence"`` (one per time step).
+        optimizer: callable building the optimizer from the parameters; default
+            ``lightning_dnn_tricks.models.adamw`` (AdamW, lr 1e-3, weight decay 1e-2).
+        scheduler: optional callable building a learning-rate scheduler from the optimizer
+            (``ReduceLROnPlateau`` monitors ``val/loss``).
+        scheduler_interval: step the scheduler every ``"epoch"`` or every optimizer ``"step"``.
+
+    Raises:
+        ValueError: an argument is out of range (the message names it), or a batch's targets do not
+            have the shape above.
+
+    Example:
+        >>> import torch
+        >>> from lightning_dnn_tricks.models import SequenceModel
+        >>> model = SequenceModel("lstm", input_size=2, hidden_size=16, output_size=1)
+        >>> model(torch.randn(4, 50, 2)).shape
+        torch.Size([4, 1])
+    """
+
+    def __init__(
+        self,
+        cell: Cell = "rnn",
+        input_size: int = 2,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        output_size: int = 1,
+        task: Task = "regression",
+        readout: Readout = "last",
+        optimizer: OptimizerCallable = adamw,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: SchedulerInterval = "epoch",
+    ) -> None:
+        super().__init__(optimizer, scheduler, scheduler_interval)
+        check_choice("cell", cell, tuple(CELLS))
+        check_choice("task", task, TASKS)
+        check_choice("readout", readout, READOUTS)
+        check_number("input_size", input_size, low=1, integer=True)
+        check_number("hidden_size", hidden_size, low=1, integer=True)
+        check_number("num_layers", num_layers, low=1, integer=True)
+        min_outputs = 2 if task == "classification" else 1
+        check_number("output_size", output_size, low=min_outputs, integer=True)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.task = task
+        self.readout = readout
+        self.output_size = output_size
+        self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.head = nn.Linear(hidden_size, output_size)
+        if task == "regression":
+            self.build_metrics("mse", MeanSquaredError)
+        else:
+            self.build_metrics(
+                "acc", lambda: MulticlassAccuracy(num_classes=output_size, average="micro")
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``(B, output_size)`` (``"last"``) or ``(B, T, output_size)`` (``"sequence"``)."""
+        hidden, _ = self.rnn(x)
+        if self.readout == "last":
+            hidden = hidden[:, -1]
+        out: torch.Tensor = self.head(hidden)
+        return out
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the loss, the predictions and the targets of an ``(x, y)`` batch.
+
+        Classification predictions and targets are flattened over time steps:
+        ``(B * T, C)`` and ``(B * T,)``.
+        """
+        x, y = batch
+        out = self(x)
+        if self.task == "regression":
+            if self.output_size == 1 and y.shape == out.shape[:-1]:
+                y = y.unsqueeze(-1)
+            self._check_target(y, out.shape)
+            return F.mse_loss(out, y), out, y
+        self._check_target(y, out.shape[:-1])
+        logits = out.reshape(-1, self.output_size)
+        target = y.reshape(-1)
+        return F.cross_entropy(logits, target), logits, target
+
+    def _check_target(self, target: torch.Tensor, expected: torch.Size) -> None:
+        if target.shape != expected:
+            raise ValueError(
+                f"{self.task} targets with readout={self.readout!r} must have shape "
+                f"{tuple(expected)} for this batch, got {tuple(target.shape)}."
+            )

@@ -1,0 +1,56 @@
+"""Test settings for every registered trick: the conformance suites are driven by this table.
+
+A trick registered in ``lightning_dnn_tricks`` without an entry here fails
+``test_every_registered_trick_has_test_settings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_dnn_tricks.callbacks import NormLoss
+
+
+@dataclass(frozen=True)
+class TrickCase:
+    """How the conformance suites build and exercise one trick.
+
+    Attributes:
+        callbacks: builds the trick's callbacks for a run (fresh instances each call).
+        bad_arguments: constructor keyword arguments that must raise ``ValueError``, each with the
+            argument name the message must contain.
+        cli_init_args: ``init_args`` for a LightningCLI YAML round-trip, and the attribute values
+            expected on the instantiated callback.
+        build_with: builds the trick from keyword arguments (for the bad-argument table).
+    """
+
+    callbacks: Callable[[], list[pl.Callback]]
+    build_with: Callable[..., Any]
+    bad_arguments: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    cli_init_args: dict[str, Any] = field(default_factory=dict)
+
+
+TRICK_CASES: dict[str, TrickCase] = {
+    "norm_loss": TrickCase(
+        callbacks=lambda: [NormLoss(strength=1e-2, log_every_n_steps=1)],
+        build_with=NormLoss,
+        bad_arguments=[
+            ({"strength": 0.0}, "strength"),
+            ({"strength": -1.0}, "strength"),
+            ({"strength": float("nan")}, "strength"),
+            ({"strength": "big"}, "strength"),
+            ({"reduction": "max"}, "reduction"),
+            ({"include": "("}, "include"),
+            ({"exclude": "[a-"}, "exclude"),
+            ({"log_every_n_steps": -1}, "log_every_n_steps"),
+            ({"log_every_n_steps": 1.5}, "log_every_n_steps"),
+            ({"layer_types": []}, "layer_types"),
+            ({"layer_types": [int]}, "layer_types"),
+        ],
+        cli_init_args={"strength": 0.02, "reduction": "sum", "exclude_classifier": True},
+    ),
+}
