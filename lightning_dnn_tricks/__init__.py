@@ -3,7 +3,7 @@
 The sub-packages follow one rule: ``nn``, ``functional`` and ``optim`` are plain PyTorch (usable in
 any training loop); ``data``, ``callbacks`` and ``models`` adapt them to Lightning.
 
-Example:
+Examples:
     >>> from lightning_dnn_tricks import list_tricks
     >>> "norm_loss" in [trick.name for trick in list_tricks()]
     True

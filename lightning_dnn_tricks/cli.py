@@ -27,8 +27,11 @@ def print_tricks(console: Console | None = None) -> None:
     """Print every registered trick with its kind, capabilities and summary."""
     console = console or Console()
     table = Table(title="lightning-dnn-tricks: registered tricks")
-    for column in ("trick", "kind", "summary", "precision", "strategy", "accumulation", "closure"):
-        table.add_column(column)
+    table.add_column("trick", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("summary", ratio=3)
+    for column in ("precision", "strategy", "accumulation", "closure"):
+        table.add_column(column, ratio=1)
     for spec in list_tricks():
         row = spec.capabilities.as_row()
         summary = spec.summary + (" [reconstruction]" if spec.reconstruction else "")
@@ -48,8 +51,9 @@ def print_recipes(console: Console | None = None) -> None:
     """Print the shipped recipes with their descriptions and paths."""
     console = console or Console()
     table = Table(title="Shipped recipes (run with: ldt fit -c NAME)")
-    for column in ("name", "description", "path"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("description")
+    table.add_column("path", overflow="fold")
     for name, path in list_recipes().items():
         table.add_row(name, recipe_description(path), str(path))
     console.print(table)
@@ -67,8 +71,11 @@ def _resolve_config_arguments(args: Sequence[str]) -> list[str]:
     return resolved
 
 
-def run_lightning_cli(args: Sequence[str]) -> None:
-    """Run LightningCLI with the library's models and datamodules available by class path."""
+def run_lightning_cli(args: Sequence[str] | None) -> None:
+    """Run LightningCLI with the library's models and datamodules available by class path.
+
+    ``args=None`` lets LightningCLI read ``sys.argv`` itself (recipe names resolved there first).
+    """
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
@@ -81,7 +88,7 @@ def run_lightning_cli(args: Sequence[str]) -> None:
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=_resolve_config_arguments(args),
+        args=None if args is None else _resolve_config_arguments(args),
         save_config_kwargs={"overwrite": True},
     )
 
@@ -90,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``ldt`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args else ""
+    if argv is None:
+        sys.argv[1:] = _resolve_config_arguments(args)
     if command == "list":
         print_tricks()
     elif command == "recipes":
@@ -99,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         demo_main(args[1:])
     else:
-        run_lightning_cli(args)
+        run_lightning_cli(None if argv is None else args)
 
 
 if __name__ == "__main__":

@@ -2,5 +2,6 @@
 
 from lightning_dnn_tricks.callbacks.base import TrickCallback
 from lightning_dnn_tricks.callbacks.norm_loss import NormLoss
+from lightning_dnn_tricks.callbacks.step_timer import StepTimer
 
-__all__ = ["NormLoss", "TrickCallback"]
+__all__ = ["NormLoss", "StepTimer", "TrickCallback"]

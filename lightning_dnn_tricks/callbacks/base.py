@@ -6,7 +6,12 @@ from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy, Strategy
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    SingleDeviceStrategy,
+    Strategy,
+)
 
 from lightning_dnn_tricks.registry import TrickSpec
 from lightning_dnn_tricks.validation import TrickConfigurationError
@@ -16,7 +21,7 @@ def strategy_name(strategy: Strategy) -> str:
     """The capability name of a Lightning strategy (``single_device``, ``ddp`` or its class)."""
     if isinstance(strategy, SingleDeviceStrategy):
         return "single_device"
-    if isinstance(strategy, DDPStrategy):
+    if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
         return "ddp"
     return type(strategy).__name__
 

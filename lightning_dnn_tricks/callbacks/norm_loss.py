@@ -56,7 +56,7 @@ class NormLoss(TrickCallback):
     Raises:
         ValueError: an argument is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> import lightning.pytorch as pl
         >>> from lightning_dnn_tricks.callbacks import NormLoss
         >>> trainer = pl.Trainer(callbacks=[NormLoss(strength=5e-3)], logger=False)

@@ -5,7 +5,7 @@ downloading anything; the training order depends only on ``(seed, epoch)`` and t
 their position in Lightning checkpoints, so a run resumed at any step replays exactly the
 remaining batches.
 
-Example:
+Examples:
     >>> from lightning_dnn_tricks.data import AddingProblemDataModule
     >>> dm = AddingProblemDataModule(seq_len=20, num_train=64, num_val=16, num_test=16)
     >>> dm.input_size, dm.seq_len

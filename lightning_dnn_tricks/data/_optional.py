@@ -20,7 +20,7 @@ def require(module_name: str, feature: str, *, extra: str = "examples") -> Modul
     Raises:
         ImportError: the module (or one of its own dependencies) cannot be imported.
 
-    Example:
+    Examples:
         >>> require("math", "the example").sqrt(4.0)
         2.0
     """

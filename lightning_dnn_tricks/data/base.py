@@ -87,7 +87,7 @@ class InMemoryDataModule(pl.LightningDataModule, ABC):
     Raises:
         ValueError: an argument is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> class Ones(InMemoryDataModule):
         ...     num_classes, input_shape = 2, (3,)
         ...

@@ -53,7 +53,7 @@ class DigitsDataModule(InMemoryDataModule):
         ImportError: scikit-learn is not installed
             (``pip install 'lightning-dnn-tricks[examples]'``).
 
-    Example:
+    Examples:
         >>> dm = DigitsDataModule(batch_size=16, image_size=32, channels=3)
         >>> x, y = next(iter(dm.train_dataloader()))
         >>> tuple(x.shape), y.dtype

@@ -20,7 +20,7 @@ class ResumableDataLoader(DataLoader):
     :class:`~lightning_dnn_tricks.data.EpochSeededRandomSampler` — a resumed run sees exactly the
     batches of an uninterrupted one.
 
-    Example:
+    Examples:
         >>> import torch
         >>> loader = ResumableDataLoader(torch.arange(10), batch_size=2)
         >>> loader.load_state_dict({"batches_served": 3})

@@ -66,7 +66,7 @@ class MNIST1DDataModule(InMemoryDataModule):
         ImportError: ``mnist1d`` is not installed
             (``pip install 'lightning-dnn-tricks[examples]'``).
 
-    Example:
+    Examples:
         >>> dm = MNIST1DDataModule(batch_size=8, num_samples=200, as_sequence=True)
         >>> x, y = next(iter(dm.train_dataloader()))
         >>> tuple(x.shape), y.dtype

@@ -29,7 +29,7 @@ class EpochSeededRandomSampler(RandomSampler):
     Raises:
         ValueError: ``seed`` or ``epoch`` is not a non-negative integer.
 
-    Example:
+    Examples:
         >>> sampler = EpochSeededRandomSampler(range(5), seed=1)
         >>> sampler.set_epoch(3)
         >>> sorted(sampler)

@@ -129,7 +129,7 @@ class AddingProblemDataModule(_SyntheticSequenceDataModule):
     Raises:
         ValueError: an argument is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> dm = AddingProblemDataModule(seq_len=50, num_train=128, num_val=32, num_test=32)
         >>> x, y = next(iter(dm.train_dataloader()))
         >>> tuple(x.shape), tuple(y.shape)
@@ -206,7 +206,7 @@ class CopyMemoryDataModule(_SyntheticSequenceDataModule):
     Raises:
         ValueError: an argument is out of range (the message names it).
 
-    Example:
+    Examples:
         >>> dm = CopyMemoryDataModule(delay=20, num_train=128, num_val=32, num_test=32)
         >>> x, y = next(iter(dm.train_dataloader()))
         >>> tuple(x.shape), tuple(y.shape), dm.num_classes

@@ -60,7 +60,7 @@ def norm_loss(weights: Sequence[Tensor], reduction: Reduction = "mean") -> Tenso
     Returns:
         A scalar tensor; zero for an empty ``weights``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.tensor([[3.0, 4.0], [0.6, 0.8]])   # row norms 5 and 1
         >>> norm_loss([w]).item()                        # ((1-5)^2 + 0) / 2
@@ -94,7 +94,7 @@ def add_norm_loss_grad_(
     Returns:
         All row norms concatenated (float32), measured before the update, for logging.
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
         >>> norms = add_norm_loss_grad_([w], strength=0.5)

@@ -1,6 +1,6 @@
 """Reference LightningModules used by the recipes and benchmarks (tricks never depend on them).
 
-Example:
+Examples:
     >>> from lightning_dnn_tricks.models import SequenceModel, TimmClassifier
     >>> model = TimmClassifier("resnet18", num_classes=10)
 """

@@ -1,4 +1,4 @@
-"""Shared pieces of the reference LightningModules: default optimizer, step loop, optimizers."""
+"""Shared parts of the reference LightningModules: default optimizer, step loop, optimizers."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def adamw(params: Iterable[Any]) -> torch.optim.Optimizer:
     Args:
         params: parameters or parameter groups to optimise.
 
-    Example:
+    Examples:
         >>> import torch
         >>> adamw(torch.nn.Linear(2, 1).parameters()).defaults["lr"]
         0.001
@@ -54,7 +54,7 @@ def check_callable(name: str, value: Any, *, optional: bool = False) -> None:
 class SupervisedModule(pl.LightningModule):
     """Base of the reference modules: ``(x, y)`` batches, one loss, one metric per stage.
 
-    Subclasses implement :meth:`compute_loss` and call :meth:`build_metrics`. Every stage logs
+    Subclasses implement ``compute_loss`` and call ``build_metrics``. Every stage logs
     ``{stage}/loss`` and ``{stage}/{metric_name}`` (``train`` per step, ``val``/``test`` per epoch).
 
     Args:

@@ -61,7 +61,7 @@ class SequenceModel(SupervisedModule):
         ValueError: an argument is out of range (the message names it), or a batch's targets do not
             have the shape above.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_dnn_tricks.models import SequenceModel
         >>> model = SequenceModel("lstm", input_size=2, hidden_size=16, output_size=1)

@@ -72,7 +72,7 @@ class TimmClassifier(SupervisedModule):
         ValueError: an argument is out of range, or timm does not know ``model_name`` (the message
             lists close matches).
 
-    Example:
+    Examples:
         >>> import torch
         >>> from lightning_dnn_tricks.models import TimmClassifier
         >>> model = TimmClassifier("resnet18", num_classes=10, optimizer=torch.optim.SGD)

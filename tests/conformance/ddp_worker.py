@@ -18,7 +18,8 @@ def main(trick_name: str, out_dir: str) -> None:
     build_model, _ = BACKBONES["resnet18"]
     pl.seed_everything(0)
     model = build_model()
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Parameters only: BatchNorm running statistics are per-rank buffers under plain DDP.
+    initial = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -35,7 +36,7 @@ def main(trick_name: str, out_dir: str) -> None:
     if trainer.global_rank == 0:
         torch.save(initial, out / "initial.pt")
     torch.save(
-        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        {k: v.detach().cpu() for k, v in model.named_parameters()},
         out / f"rank{trainer.global_rank}.pt",
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import lightning.pytorch as pl
@@ -13,6 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics import Metric
 
 from lightning_dnn_tricks.models import SequenceModel, TimmClassifier, adamw
 
@@ -78,7 +79,7 @@ def test_timm_classifier_test_metrics_and_single_channel(tmp_path: Path) -> None
 
 def test_timm_classifier_accuracy_is_micro_average() -> None:
     model = TimmClassifier("resnet18", num_classes=4)
-    metric = model.metrics["val_acc"]
+    metric = cast(Metric, model.metrics["val_acc"])
     # 3 of 4 correct; macro-averaging over the classes present would give a different number.
     metric.update(torch.eye(4)[[0, 0, 0, 1]], torch.tensor([0, 0, 0, 2]))
     assert metric.compute().item() == pytest.approx(0.75)
@@ -185,17 +186,17 @@ def test_resume_from_checkpoint(tmp_path: Path) -> None:
     x, y = torch.randn(8, 6, 2), torch.randn(8, 1)
     optimizer = functools.partial(torch.optim.SGD, lr=0.1)
     trainer = make_trainer(tmp_path, enable_checkpointing=True)
-    trainer.fit(SequenceModel(optimizer=optimizer), loader(x, y))
+    trainer.fit(SequenceModel(optimizer=optimizer), loader(x, y), loader(x, y))
     ckpt = str(next(tmp_path.rglob("*.ckpt")))
-    resumed = make_trainer(tmp_path, max_steps=4)
-    resumed.fit(SequenceModel(optimizer=optimizer), loader(x, y), ckpt_path=ckpt)
+    resumed = make_trainer(tmp_path, max_steps=4, enable_checkpointing=True)
+    resumed.fit(SequenceModel(optimizer=optimizer), loader(x, y), loader(x, y), ckpt_path=ckpt)
     assert resumed.global_step == 4
     assert isinstance(SequenceModel.load_from_checkpoint(ckpt), SequenceModel)
 
 
 # --- argument validation ------------------------------------------------------------------
 
-BAD_ARGUMENTS = [
+BAD_ARGUMENTS: list[tuple[type[pl.LightningModule], dict[str, Any], str]] = [
     (TimmClassifier, {"model_name": ""}, "model_name"),
     (TimmClassifier, {"num_classes": 1}, "num_classes"),
     (TimmClassifier, {"num_classes": 2.5}, "num_classes"),
@@ -240,7 +241,11 @@ def make_cli(model_class: type[pl.LightningModule], args: list[str]) -> Lightnin
     # `sys.argv` is pytest's: hide it so that LightningCLI does not warn about it.
     with mock.patch.object(sys, "argv", ["ldt"]):
         return LightningCLI(
-            model_class, run=False, save_config_callback=None, args=[*args, *CLI_TRAINER_ARGS]
+            model_class,
+            run=False,
+            save_config_callback=None,
+            seed_everything_default=False,
+            args=[*args, *CLI_TRAINER_ARGS],
         )
 
 
