@@ -3,6 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export PYTHONHASHSEED ?= 0
+export NO_MKDOCS_2_WARNING ?= 1
 
 .PHONY: install demo test lint typecheck unit docs docs-serve bench clean
 
