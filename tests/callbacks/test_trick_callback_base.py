@@ -67,7 +67,7 @@ def test_unsupported_precision_is_refused_at_setup() -> None:
 
 
 def test_gradient_accumulation_is_refused_with_the_fix() -> None:
-    with pytest.raises(TrickConfigurationError, match="accumulate_grad_batches=2.*batch size"):
+    with pytest.raises(TrickConfigurationError, match=r"accumulate_grad_batches=2.*batch size"):
         _fit(Restricted(), accumulate_grad_batches=2)
 
 
