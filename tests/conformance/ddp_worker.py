@@ -35,6 +35,8 @@ def main(trick_name: str, out_dir: str) -> None:
     out = Path(out_dir)
     if trainer.global_rank == 0:
         torch.save(initial, out / "initial.pt")
+        active = TRICK_CASES[trick_name].active_metric in trainer.callback_metrics
+        (out / "active").write_text(str(active))
     torch.save(
         {k: v.detach().cpu() for k, v in model.named_parameters()},
         out / f"rank{trainer.global_rank}.pt",

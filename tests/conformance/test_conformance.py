@@ -59,6 +59,7 @@ def test_trains_on_every_backbone(trick_case: TrickCase, backbone: str) -> None:
     trainer.fit(model, random_batches(backbone))
     _assert_trained(before, model)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert trick_case.active_metric in trainer.callback_metrics
 
 
 def _digits_run(
@@ -120,6 +121,7 @@ def test_ddp_two_processes_leave_identical_weights(trick_name: str, tmp_path: Pa
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
     assert any(not torch.equal(initial[k], rank0[k]) for k in rank0)
+    assert (tmp_path / "active").read_text() == "True"
 
 
 def test_bad_arguments_raise_value_error_naming_the_argument(trick_case: TrickCase) -> None:

@@ -26,10 +26,12 @@ class TrickCase:
         cli_init_args: ``init_args`` for a LightningCLI YAML round-trip, and the attribute values
             expected on the instantiated callback.
         build_with: builds the trick from keyword arguments (for the bad-argument table).
+        active_metric: a metric the trick logs during training: proof that it ran.
     """
 
     callbacks: Callable[[], list[pl.Callback]]
     build_with: Callable[..., Any]
+    active_metric: str
     bad_arguments: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     cli_init_args: dict[str, Any] = field(default_factory=dict)
 
@@ -38,6 +40,7 @@ TRICK_CASES: dict[str, TrickCase] = {
     "norm_loss": TrickCase(
         callbacks=lambda: [NormLoss(strength=1e-2, log_every_n_steps=1)],
         build_with=NormLoss,
+        active_metric="norm_loss/mean_abs_deviation",
         bad_arguments=[
             ({"strength": 0.0}, "strength"),
             ({"strength": -1.0}, "strength"),
