@@ -1,0 +1,332 @@
+"""BNSR layers: BatchNorm with skewness reduction (Ding et al., ICPR 2020) — *our reconstruction*.
+
+Each layer is a subclass of the BatchNorm class it replaces (``BNSR1d`` of ``nn.BatchNorm1d``,
+``BNSR2d`` of ``nn.BatchNorm2d``, ``BNSRAct2d`` of timm's ``BatchNormAct2d``), so code that looks
+for BatchNorm layers by ``isinstance`` (weight-decay exclusion, freezing) still finds them. In
+training mode, per channel::
+
+    x_hat = BatchNorm standardisation of x       (updates running_mean / running_var)
+    y, lam = warp.fit(x_hat)                     (Yeo-Johnson, lam = 1 - alpha tanh(skewness))
+    out = gamma * standardise(y) + beta          (updates running_warp_mean / running_warp_var)
+
+and ``running_lam`` averages ``lam`` with BatchNorm's update rule (``momentum``, or the cumulative
+average when ``momentum=None``). In eval mode every statistic comes from the running averages, so
+the output is deterministic. Statistics are computed in float32 (or wider) under mixed precision.
+The maths is in :mod:`lightning_dnn_tricks.functional.bnsr`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lightning_dnn_tricks.nn.bnsr_warps import Warp, YeoJohnsonWarp
+from lightning_dnn_tricks.nn.surgery import (
+    LayerSelection,
+    SurgerySummary,
+    replace_modules,
+    share_state,
+)
+
+__all__ = [
+    "BNSR_BUFFERS",
+    "BNSR1d",
+    "BNSR2d",
+    "BNSRAct2d",
+    "bnsr_class_for",
+    "replace_batch_norms",
+    "restore_batch_norms",
+]
+
+#: The buffers BNSR adds to BatchNorm's (running averages of the warp exponent and post-warp stats).
+BNSR_BUFFERS = ("running_lam", "running_warp_mean", "running_warp_var")
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+T = TypeVar("T", bound="_BNSRMixin")
+
+
+class _BNSRMixin(_BatchNorm):
+    """The BNSR forward pass, shared by the 1d, 2d and timm layers (put first in the bases)."""
+
+    replaces: ClassVar[type[_BatchNorm]]
+    warp: Warp
+    running_lam: Tensor | None
+    running_warp_mean: Tensor | None
+    running_warp_var: Tensor | None
+
+    def __init__(self, *args: Any, warp: Warp | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.warp = YeoJohnsonWarp() if warp is None else warp
+        if not isinstance(self.warp, Warp):
+            raise TypeError(f"`warp` must be a Warp instance, got {type(self.warp).__name__}.")
+        if self.track_running_stats:
+            like = self.running_mean
+            assert like is not None
+            identity = self.warp.identity_value
+            self.register_buffer("running_lam", torch.full_like(like, identity))
+            self.register_buffer("running_warp_mean", torch.zeros_like(like))
+            self.register_buffer("running_warp_var", torch.ones_like(like))
+        else:
+            for name in BNSR_BUFFERS:
+                self.register_buffer(name, None)
+
+    @classmethod
+    def from_module(cls: type[T], module: nn.Module, warp: Warp | None = None) -> T:
+        """A BNSR layer that takes over ``module`` (an exact ``cls.replaces`` instance).
+
+        The new layer *shares* ``module``'s parameters, running statistics and sub-modules
+        (timm's ``act`` and ``drop``), so optimizer references and checkpoint keys stay valid;
+        it is created on the same device and dtype and in the same training mode.
+
+        Raises:
+            TypeError: ``module`` is not exactly of class ``cls.replaces``.
+        """
+        if type(module) is not cls.replaces:
+            raise TypeError(
+                f"{cls.__name__}.from_module expects a {cls.replaces.__name__}, got "
+                f"{type(module).__name__}; use bnsr_class_for(module) to pick the class."
+            )
+        assert isinstance(module, _BatchNorm)
+        reference = module.running_mean if module.running_mean is not None else module.weight
+        factory = (
+            {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+        )
+        new = cls(
+            module.num_features,
+            eps=module.eps,
+            momentum=module.momentum,
+            affine=module.affine,
+            track_running_stats=module.track_running_stats,
+            warp=warp,
+            **factory,
+        )
+        share_state(module, new)
+        new.train(module.training)
+        return new
+
+    def to_batch_norm(self) -> _BatchNorm:
+        """The plain ``replaces`` layer sharing this layer's parameters, statistics and children."""
+        plain = self.replaces(
+            self.num_features,
+            eps=self.eps,
+            momentum=self.momentum,
+            affine=self.affine,
+            track_running_stats=self.track_running_stats,
+        )
+        share_state(self, plain)
+        for name in BNSR_BUFFERS:
+            plain._buffers.pop(name, None)
+        return plain.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, warp={self.warp!r}"
+
+    def _finish(self, out: Tensor) -> Tensor:
+        """What the replaced class does after normalising (timm: dropout and activation)."""
+        return out
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.warp.is_identity:
+            out: Tensor = super().forward(input)  # exactly the replaced class
+            return out
+        self._check_input_dim(input)
+        return self._finish(self._normalise(input))
+
+    def _update_factor(self) -> float:
+        """BatchNorm's averaging factor; counts the batch like BatchNorm does."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                factor = 1.0 / float(self.num_batches_tracked)
+        return factor
+
+    def _normalise(self, input: Tensor) -> Tensor:
+        factor = self._update_factor()
+        batch_stats = self.training or self.running_mean is None
+        # Running statistics are passed when they are read (eval) or updated (training + tracked).
+        use_buffers = not self.training or self.track_running_stats
+        running = self.running_mean if use_buffers else None
+        dtype = torch.promote_types(input.dtype, torch.float32)
+        if running is not None and running.dtype in _LOW_PRECISION:
+            dtype = running.dtype  # a model cast to half precision as a whole
+        x = input.to(dtype)
+
+        def buffer(name: str) -> Tensor | None:
+            return getattr(self, name) if use_buffers else None
+
+        x_hat = F.batch_norm(
+            x,
+            buffer("running_mean"),
+            buffer("running_var"),
+            None,
+            None,
+            batch_stats,
+            factor,
+            self.eps,
+        )
+        if batch_stats:
+            warped, lam = self.warp.fit(x_hat)
+            if self.training and self.running_lam is not None:
+                self.running_lam.lerp_(lam.to(self.running_lam.dtype), factor)
+        else:
+            assert self.running_lam is not None
+            warped = self.warp.apply(x_hat, self.running_lam)
+        weight = None if self.weight is None else self.weight.to(dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        out = F.batch_norm(
+            warped,
+            buffer("running_warp_mean"),
+            buffer("running_warp_var"),
+            weight,
+            bias,
+            batch_stats,
+            factor,
+            self.eps,
+        )
+        return out.to(input.dtype)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A BatchNorm checkpoint (no warp statistics) loads; the warp statistics stay as they are.
+        for name in BNSR_BUFFERS:
+            value = getattr(self, name)
+            if value is not None and f"{prefix}running_mean" in state_dict:
+                state_dict.setdefault(prefix + name, value.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class BNSR1d(_BNSRMixin, nn.BatchNorm1d):
+    """BNSR for ``(N, C)`` or ``(N, C, L)`` inputs; an ``nn.BatchNorm1d`` (our reconstruction).
+
+    Training mode, per channel: BatchNorm's standardisation ``x_hat``, the skewness
+    ``s = mean(x_hat^3)``, the warp ``y = YJ(x_hat; lam)`` with ``lam = 1 - alpha tanh(s)``,
+    re-standardisation of ``y`` and BatchNorm's affine ``gamma, beta``. Running averages of the
+    BatchNorm statistics, of ``lam`` and of ``y``'s mean and variance make eval mode deterministic.
+
+    Args:
+        *args: ``nn.BatchNorm1d``'s arguments (``num_features``, ``eps``, ``momentum``, ...).
+        warp: the :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp` (default: Yeo-Johnson with
+            ``alpha = 1``); :class:`~lightning_dnn_tricks.nn.bnsr_warps.IdentityWarp` makes the
+            layer exactly ``nn.BatchNorm1d``.
+        **kwargs: ``nn.BatchNorm1d``'s keyword arguments.
+
+    Raises:
+        TypeError: ``warp`` is not a :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp`.
+
+    Examples:
+        >>> import torch
+        >>> layer = BNSR1d(4)
+        >>> layer(torch.randn(32, 4).exp()).shape
+        torch.Size([32, 4])
+
+    Note:
+        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8).
+    """
+
+    replaces = nn.BatchNorm1d
+
+
+class BNSR2d(_BNSRMixin, nn.BatchNorm2d):
+    """BNSR for ``(N, C, H, W)`` inputs; an ``nn.BatchNorm2d`` (our reconstruction).
+
+    The same computation as :class:`BNSR1d`, per channel over the batch and spatial axes.
+
+    Args:
+        *args: ``nn.BatchNorm2d``'s arguments (``num_features``, ``eps``, ``momentum``, ...).
+        warp: the :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp` (default: Yeo-Johnson).
+        **kwargs: ``nn.BatchNorm2d``'s keyword arguments.
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> layer = BNSR2d.from_module(nn.BatchNorm2d(8))
+        >>> isinstance(layer, nn.BatchNorm2d), layer(torch.randn(4, 8, 5, 5)).shape
+        (True, torch.Size([4, 8, 5, 5]))
+
+    Note:
+        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8).
+    """
+
+    replaces = nn.BatchNorm2d
+
+
+class BNSRAct2d(_BNSRMixin, BatchNormAct2d):
+    """BNSR in place of timm's fused ``BatchNormAct2d``, keeping its dropout and activation.
+
+    Computes :class:`BNSR2d`'s normalisation, then ``self.drop`` and ``self.act`` as
+    ``BatchNormAct2d.forward`` does; an instance of ``BatchNormAct2d`` (our reconstruction).
+
+    Args:
+        *args: ``BatchNormAct2d``'s arguments (``num_features``, ``act_layer``, ...).
+        warp: the :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp` (default: Yeo-Johnson).
+        **kwargs: ``BatchNormAct2d``'s keyword arguments.
+
+    Examples:
+        >>> from timm.layers import BatchNormAct2d
+        >>> layer = BNSRAct2d.from_module(BatchNormAct2d(8, act_layer="silu"))
+        >>> type(layer.act).__name__
+        'SiLU'
+
+    Note:
+        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8).
+    """
+
+    replaces = BatchNormAct2d
+
+    def _finish(self, out: Tensor) -> Tensor:
+        result: Tensor = self.act(self.drop(out))
+        return result
+
+
+BNSR_CLASSES: tuple[type[_BNSRMixin], ...] = (BNSR1d, BNSR2d, BNSRAct2d)
+_BY_REPLACED: dict[type[nn.Module], type[_BNSRMixin]] = {c.replaces: c for c in BNSR_CLASSES}
+
+
+def bnsr_class_for(module: nn.Module) -> type[_BNSRMixin] | None:
+    """The BNSR class that replaces ``module`` (exact class match), or ``None``."""
+    return _BY_REPLACED.get(type(module))
+
+
+def _skip_reason(name: str, module: nn.Module) -> str | None:
+    if bnsr_class_for(module) is not None:
+        return None
+    return "no BNSR counterpart for this BatchNorm class (only BatchNorm1d/2d, BatchNormAct2d)"
+
+
+def _to_bnsr(module: nn.Module, warp: Warp) -> nn.Module:
+    return _BY_REPLACED[type(module)].from_module(module, warp)
+
+
+def _to_batch_norm(module: nn.Module) -> nn.Module:
+    assert isinstance(module, _BNSRMixin)
+    return module.to_batch_norm()
+
+
+def replace_batch_norms(
+    model: nn.Module, warp: Warp, include: str | None = None, exclude: str | None = None
+) -> SurgerySummary:
+    """Swap each BatchNorm layer for its BNSR class (the surgery behind ``apply_bnsr``)."""
+    return replace_modules(
+        model,
+        LayerSelection(types=(_BatchNorm,), include=include, exclude=exclude),
+        partial(_to_bnsr, warp=warp),
+        tag="bnsr",
+        skip=_skip_reason,
+        is_applied=lambda m: isinstance(m, _BNSRMixin),
+    )
+
+
+def restore_batch_norms(
+    model: nn.Module, include: str | None = None, exclude: str | None = None
+) -> SurgerySummary:
+    """Swap each BNSR layer back for the BatchNorm class it replaced (``remove_bnsr``)."""
+    selection = LayerSelection(types=BNSR_CLASSES, include=include, exclude=exclude)
+    return replace_modules(model, selection, _to_batch_norm, tag="remove_bnsr")
