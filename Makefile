@@ -41,6 +41,8 @@ test: lint typecheck unit docs
 bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/norm_loss_claim.py
+	$(PY) benchmarks/weight_align_claim.py
+	$(PY) benchmarks/bnsr_claim.py
 
 clean:
 	rm -rf site .pytest_cache .mypy_cache .ruff_cache
