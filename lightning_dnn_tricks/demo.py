@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from lightning_dnn_tricks.callbacks import NormLoss
+from lightning_dnn_tricks.callbacks import BNSR, NormLoss, WeightAlign
 from lightning_dnn_tricks.callbacks.step_timer import StepTimer
 
 
@@ -34,6 +34,8 @@ CONFIGURATIONS: tuple[DemoConfiguration, ...] = (
     DemoConfiguration("baseline (AdamW, no regulariser)"),
     DemoConfiguration("baseline + weight decay 0.05", weight_decay=0.05),
     DemoConfiguration("Norm Loss 5e-3 (no weight decay)", callbacks=lambda: [NormLoss(5e-3)]),
+    DemoConfiguration("WeightAlign (+ BatchNorm)", callbacks=lambda: [WeightAlign()]),
+    DemoConfiguration("BNSR [our reconstruction]", callbacks=lambda: [BNSR()]),
 )
 
 
@@ -46,7 +48,10 @@ class DemoResult:
 
 
 def run_configuration(
-    configuration: DemoConfiguration, args: argparse.Namespace, console: Console
+    configuration: DemoConfiguration,
+    args: argparse.Namespace,
+    console: Console,
+    max_steps: int | None = None,
 ) -> DemoResult:
     """Train and test one configuration; return its measurements."""
     from lightning_dnn_tricks.data import DigitsDataModule
@@ -64,11 +69,12 @@ def run_configuration(
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=args.epochs,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps if max_steps is None else max_steps,
         callbacks=[*configuration.callbacks(), timer],
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
+        enable_progress_bar=max_steps is None,
         deterministic=True,
     )
     started = time.perf_counter()
@@ -112,6 +118,8 @@ def main(argv: Sequence[str] = ()) -> list[DemoResult]:
     """Run every demo configuration and print the comparison table."""
     args = parse_args(argv)
     console = Console()
+    console.print("Warming up (a few unreported steps, so the first row is not penalised)...")
+    run_configuration(CONFIGURATIONS[0], args, console, max_steps=5)
     results = []
     for index, configuration in enumerate(CONFIGURATIONS, start=1):
         console.rule(f"[{index}/{len(CONFIGURATIONS)}] {configuration.name}")
