@@ -35,7 +35,7 @@ CONFIGURATIONS: tuple[DemoConfiguration, ...] = (
     DemoConfiguration("baseline + weight decay 0.05", weight_decay=0.05),
     DemoConfiguration("Norm Loss 5e-3 (no weight decay)", callbacks=lambda: [NormLoss(5e-3)]),
     DemoConfiguration("WeightAlign (+ BatchNorm)", callbacks=lambda: [WeightAlign()]),
-    DemoConfiguration("BNSR [our reconstruction]", callbacks=lambda: [BNSR()]),
+    DemoConfiguration("BNSR (our reconstruction)", callbacks=lambda: [BNSR()]),
 )
 
 
@@ -126,6 +126,7 @@ def main(argv: Sequence[str] = ()) -> list[DemoResult]:
         results.append(run_configuration(configuration, args, console))
     console.print(results_table(results, args))
     console.print(
-        "overhead/step: median training-step time relative to the first row, same process."
+        "overhead/step: median training-step time relative to the first row, one run each, same "
+        "process (expect a few % of noise; benchmarks/overhead.py measures interleaved ratios)."
     )
     return results
