@@ -413,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "A round during which other processes used more than "
         f"{allowed_other_share(args.busy_threshold):.0%} of the CPUs (the cores our "
         f"{torch.get_num_threads()} thread(s) leave, plus {args.busy_threshold:.0%}; from "
-        "/proc/stat) was discarded and run again ({result.discarded} discarded, "
+        f"/proc/stat) was discarded and run again ({result.discarded} discarded, "
         f"{result.busy_kept} busy rounds kept after the cap). Control: in the baseline fits "
         f"(no trick), odd over even steps = {control_text}, the ratio the alternating method "
         "reports for a trick that costs nothing. "
