@@ -264,12 +264,19 @@ def skewness_warp(
 
 
 def check_bnsr_arguments(
-    warp: WarpName | Warp, alpha: float, newton_steps: int, include: str | None, exclude: str | None
+    warp: WarpName | Warp,
+    alpha: float,
+    newton_steps: int,
+    include: str | None,
+    exclude: str | None,
+    compiled: bool = False,
 ) -> Warp:
     """Validate the BNSR arguments (messages name the argument); return the warp."""
+    from lightning_dnn_tricks.nn.bnsr import check_compiled
     from lightning_dnn_tricks.nn.bnsr_warps import make_warp
     from lightning_dnn_tricks.nn.selection import check_pattern
 
+    check_compiled(compiled)
     check_pattern("include", include)
     check_pattern("exclude", exclude)
     return make_warp(warp, alpha, newton_steps)
@@ -282,6 +289,7 @@ def apply_bnsr(
     newton_steps: int = 0,
     include: str | None = None,
     exclude: str | None = None,
+    compiled: bool = False,
 ) -> SurgerySummary:
     """Replace every BatchNorm layer of ``model`` by its BNSR counterpart, in place (idempotent).
 
@@ -300,6 +308,9 @@ def apply_bnsr(
         newton_steps: Newton steps on ``lam`` toward zero batch skewness (``0`` to ``10``).
         include: regular expression on module names; only matching layers are replaced.
         exclude: regular expression on module names to leave out.
+        compiled: run each layer's normalisation through ``torch.compile``: the same maths as
+            fused kernels, about half the time per layer on CPU once compiled (the first steps
+            compile; needs a C++ compiler on CPU).
 
     Returns:
         The :class:`~lightning_dnn_tricks.nn.surgery.SurgerySummary`; it warns (``TrickWarning``)
@@ -321,8 +332,8 @@ def apply_bnsr(
     """
     from lightning_dnn_tricks.nn.bnsr import replace_batch_norms
 
-    built = check_bnsr_arguments(warp, alpha, newton_steps, include, exclude)
-    summary = replace_batch_norms(model, built, include=include, exclude=exclude)
+    built = check_bnsr_arguments(warp, alpha, newton_steps, include, exclude, compiled)
+    summary = replace_batch_norms(model, built, include, exclude, compiled)
     summary.warn_if_empty("BNSR")
     return summary
 

@@ -17,7 +17,8 @@ The maths is in :mod:`lightning_dnn_tricks.functional.bnsr`.
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
+from functools import cache, partial
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -60,11 +61,14 @@ class _BNSRMixin(_BatchNorm):
     running_warp_mean: Tensor | None
     running_warp_var: Tensor | None
 
-    def __init__(self, *args: Any, warp: Warp | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, warp: Warp | None = None, compiled: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.warp = YeoJohnsonWarp() if warp is None else warp
         if not isinstance(self.warp, Warp):
             raise TypeError(f"`warp` must be a Warp instance, got {type(self.warp).__name__}.")
+        self.compiled = check_compiled(compiled)
         if self.track_running_stats:
             like = self.running_mean
             assert like is not None
@@ -77,7 +81,9 @@ class _BNSRMixin(_BatchNorm):
                 self.register_buffer(name, None)
 
     @classmethod
-    def from_module(cls: type[T], module: nn.Module, warp: Warp | None = None) -> T:
+    def from_module(
+        cls: type[T], module: nn.Module, warp: Warp | None = None, compiled: bool = False
+    ) -> T:
         """A BNSR layer that takes over ``module`` (an exact ``cls.replaces`` instance).
 
         The new layer *shares* ``module``'s parameters, running statistics and sub-modules
@@ -104,6 +110,7 @@ class _BNSRMixin(_BatchNorm):
             affine=module.affine,
             track_running_stats=module.track_running_stats,
             warp=warp,
+            compiled=compiled,
             **factory,
         )
         share_state(module, new)
@@ -125,7 +132,8 @@ class _BNSRMixin(_BatchNorm):
         return plain.train(self.training)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, warp={self.warp!r}"
+        compiled = ", compiled=True" if self.compiled else ""
+        return f"{super().extra_repr()}, warp={self.warp!r}{compiled}"
 
     def _finish(self, out: Tensor) -> Tensor:
         """What the replaced class does after normalising (timm: dropout and activation)."""
@@ -156,39 +164,23 @@ class _BNSRMixin(_BatchNorm):
         dtype = torch.promote_types(input.dtype, torch.float32)
         if running is not None and running.dtype in _LOW_PRECISION:
             dtype = running.dtype  # a model cast to half precision as a whole
-        x = input.to(dtype)
-
-        def buffer(name: str) -> Tensor | None:
-            return getattr(self, name) if use_buffers else None
-
-        x_hat = F.batch_norm(
-            x,
-            buffer("running_mean"),
-            buffer("running_var"),
-            None,
-            None,
-            batch_stats,
-            factor,
-            self.eps,
+        statistics = tuple(
+            getattr(self, name) if use_buffers else None
+            for name in ("running_mean", "running_var", *BNSR_BUFFERS)
         )
-        if batch_stats:
-            warped, lam = self.warp.fit(x_hat)
-            if self.training and self.running_lam is not None:
-                self.running_lam.lerp_(lam.to(self.running_lam.dtype), factor)
-        else:
-            assert self.running_lam is not None
-            warped = self.warp.apply(x_hat, self.running_lam)
         weight = None if self.weight is None else self.weight.to(dtype)
         bias = None if self.bias is None else self.bias.to(dtype)
-        out = F.batch_norm(
-            warped,
-            buffer("running_warp_mean"),
-            buffer("running_warp_var"),
+        normalise = _compiled_normalise() if self.compiled else bnsr_normalise
+        out: Tensor = normalise(
+            input.to(dtype),
+            self.warp,
+            statistics,
             weight,
             bias,
-            batch_stats,
-            factor,
-            self.eps,
+            batch_stats=batch_stats,
+            update_lam=self.training,
+            factor=factor,
+            eps=self.eps,
         )
         return out.to(input.dtype)
 
@@ -201,6 +193,49 @@ class _BNSRMixin(_BatchNorm):
             if value is not None and f"{prefix}running_mean" in state_dict:
                 state_dict.setdefault(prefix + name, value.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def check_compiled(compiled: bool) -> bool:
+    """``compiled`` if it is a bool; ``ValueError`` naming the argument otherwise."""
+    if not isinstance(compiled, bool):
+        raise ValueError(f"`compiled` must be True or False, got {compiled!r}.")
+    return compiled
+
+
+def bnsr_normalise(
+    x: Tensor,
+    warp: Warp,
+    statistics: tuple[Tensor | None, ...],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    batch_stats: bool,
+    update_lam: bool,
+    factor: float,
+    eps: float,
+) -> Tensor:
+    """BNSR's normalisation (before timm's activation): BatchNorm, warp, BatchNorm with affine.
+
+    ``statistics`` holds ``running_mean, running_var, running_lam, running_warp_mean,
+    running_warp_var`` (each ``None`` when not read or updated); with ``batch_stats`` the
+    running averages are updated in place with ``factor``, as ``F.batch_norm`` does.
+    """
+    running_mean, running_var, running_lam, warp_mean, warp_var = statistics
+    x_hat = F.batch_norm(x, running_mean, running_var, None, None, batch_stats, factor, eps)
+    if batch_stats:
+        warped, lam = warp.fit(x_hat)
+        if update_lam and running_lam is not None:
+            running_lam.lerp_(lam.to(running_lam.dtype), factor)
+    else:
+        assert running_lam is not None
+        warped = warp.apply(x_hat, running_lam)
+    return F.batch_norm(warped, warp_mean, warp_var, weight, bias, batch_stats, factor, eps)
+
+
+@cache
+def _compiled_normalise() -> Callable[..., Tensor]:
+    """:func:`bnsr_normalise` through ``torch.compile`` (built once, on first use)."""
+    return torch.compile(bnsr_normalise)
 
 
 class BNSR1d(_BNSRMixin, nn.BatchNorm1d):
@@ -216,10 +251,13 @@ class BNSR1d(_BNSRMixin, nn.BatchNorm1d):
         warp: the :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp` (default: Yeo-Johnson with
             ``alpha = 1``); :class:`~lightning_dnn_tricks.nn.bnsr_warps.IdentityWarp` makes the
             layer exactly ``nn.BatchNorm1d``.
+        compiled: run the normalisation through ``torch.compile`` (same maths, fused
+            kernels; see :class:`~lightning_dnn_tricks.callbacks.BNSR`).
         **kwargs: ``nn.BatchNorm1d``'s keyword arguments.
 
     Raises:
         TypeError: ``warp`` is not a :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp`.
+        ValueError: ``compiled`` is not a bool.
 
     Examples:
         >>> import torch
@@ -242,6 +280,8 @@ class BNSR2d(_BNSRMixin, nn.BatchNorm2d):
     Args:
         *args: ``nn.BatchNorm2d``'s arguments (``num_features``, ``eps``, ``momentum``, ...).
         warp: the :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp` (default: Yeo-Johnson).
+        compiled: run the normalisation through ``torch.compile`` (same maths, fused
+            kernels; see :class:`~lightning_dnn_tricks.callbacks.BNSR`).
         **kwargs: ``nn.BatchNorm2d``'s keyword arguments.
 
     Examples:
@@ -267,6 +307,8 @@ class BNSRAct2d(_BNSRMixin, BatchNormAct2d):
     Args:
         *args: ``BatchNormAct2d``'s arguments (``num_features``, ``act_layer``, ...).
         warp: the :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp` (default: Yeo-Johnson).
+        compiled: run the normalisation through ``torch.compile`` (same maths, fused
+            kernels; see :class:`~lightning_dnn_tricks.callbacks.BNSR`).
         **kwargs: ``BatchNormAct2d``'s keyword arguments.
 
     Examples:
@@ -301,8 +343,8 @@ def _skip_reason(name: str, module: nn.Module) -> str | None:
     return "no BNSR counterpart for this BatchNorm class (only BatchNorm1d/2d, BatchNormAct2d)"
 
 
-def _to_bnsr(module: nn.Module, warp: Warp) -> nn.Module:
-    return _BY_REPLACED[type(module)].from_module(module, warp)
+def _to_bnsr(module: nn.Module, warp: Warp, compiled: bool) -> nn.Module:
+    return _BY_REPLACED[type(module)].from_module(module, warp, compiled)
 
 
 def _to_batch_norm(module: nn.Module) -> nn.Module:
@@ -311,13 +353,17 @@ def _to_batch_norm(module: nn.Module) -> nn.Module:
 
 
 def replace_batch_norms(
-    model: nn.Module, warp: Warp, include: str | None = None, exclude: str | None = None
+    model: nn.Module,
+    warp: Warp,
+    include: str | None = None,
+    exclude: str | None = None,
+    compiled: bool = False,
 ) -> SurgerySummary:
     """Swap each BatchNorm layer for its BNSR class (the surgery behind ``apply_bnsr``)."""
     return replace_modules(
         model,
         LayerSelection(types=(_BatchNorm,), include=include, exclude=exclude),
-        partial(_to_bnsr, warp=warp),
+        partial(_to_bnsr, warp=warp, compiled=compiled),
         tag="bnsr",
         skip=_skip_reason,
         is_applied=lambda m: isinstance(m, _BNSRMixin),

@@ -163,3 +163,29 @@ def test_loads_a_batch_norm_state_dict_with_neutral_warp_statistics() -> None:
     layer.load_state_dict(trained.state_dict())
     assert torch.equal(layer.running_mean, trained.running_mean)
     assert torch.equal(layer.running_lam, torch.full((3,), 0.5))
+
+
+def test_compiled_layer_computes_the_same_as_eager() -> None:
+    """``compiled=True`` fuses the same maths: outputs, gradients and every buffer agree."""
+    torch.manual_seed(0)
+    eager = BNSRAct2d.from_module(BatchNormAct2d(6, act_layer="silu"))
+    compiled = BNSRAct2d.from_module(copy.deepcopy(BatchNormAct2d(6, act_layer="silu")), None, True)
+    compiled.load_state_dict(eager.state_dict())
+    assert "compiled=True" in repr(compiled)
+    for step in range(3):
+        x = torch.randn(16, 6, 5, 5).exp().requires_grad_()
+        grad = torch.randn(16, 6, 5, 5)
+        outputs = []
+        for layer in (eager, compiled):
+            x.grad = None
+            out = layer(x)
+            (out * grad).sum().backward()
+            outputs.append((out, x.grad, layer.weight.grad))
+        for reference, got in zip(*outputs, strict=True):
+            torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+    for name, buffer in eager.named_buffers():
+        torch.testing.assert_close(compiled.get_buffer(name), buffer, rtol=1e-5, atol=1e-6)
+    x = torch.randn(8, 6, 5, 5).exp()
+    torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="`compiled`"):
+        BNSR2d(4, compiled=1)  # type: ignore[arg-type]
