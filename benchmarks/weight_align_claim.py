@@ -13,11 +13,13 @@ existing layer) and at most 15% slower than the plain model.
     (``DigitsDataModule``), at batch sizes 64, 8 and 2, with five normalisations: BatchNorm (the
     backbone as built), GroupNorm (every BatchNorm2d swapped for GroupNorm with gcd(C, 32) groups,
     affine parameters copied), WeightAlign alone (every BatchNorm2d replaced by Identity), WA+BN
-    and WA+GN (the ``WeightAlign`` callback, default settings). SGD with momentum, the learning
-    rate scaled linearly with the batch size (``lr * B / 64``), a cosine schedule, the same number
-    of epochs at every batch size (incomplete last batches dropped: a batch of one breaks BatchNorm
-    on the 1x1 maps of the last stage); test accuracy after the last epoch, mean and standard
-    deviation over seeds (the seed sets the split, the shuffling and the initialisation).
+    and WA+GN (the ``WeightAlign`` callback, default settings). SGD with momentum, a cosine
+    schedule, the same number of epochs at every batch size (incomplete last batches dropped: a
+    batch of one breaks BatchNorm on the 1x1 maps of the last stage). Each normalisation gets its
+    own learning rate: the one of ``--lr-grid`` with the best *validation* accuracy at the largest
+    batch size and the first seed; at a batch size ``B`` it is scaled linearly (``lr * B / 64``).
+    Test accuracy after the last epoch, mean and standard deviation over seeds (the seed sets the
+    split, the shuffling and the initialisation).
 
 Writes ``benchmarks/results/weight_align_claim.json`` (accuracy), ``weight_align_speed.json``
 (speed, unless ``--skip-speed``) and the plot ``docs/assets/results/weight_align_claim.png``;
@@ -26,7 +28,7 @@ the matching ones).
 
 Usage::
 
-    python benchmarks/weight_align_claim.py           # defaults (~25 min on 2 idle CPU cores)
+    python benchmarks/weight_align_claim.py           # defaults (~60 min on 2 idle CPU cores)
     python benchmarks/weight_align_claim.py --quick   # smoke run (~2-3 min)
 """
 
@@ -99,20 +101,22 @@ class RunConfig:
     norm: Norm
     batch_size: int
     seed: int
+    lr: float  # at batch size 64
 
 
 @dataclass(frozen=True)
 class RunResult:
     config: RunConfig
+    val_acc: float
     test_acc: float
     seconds: float
 
 
 def train_once(config: RunConfig, args: argparse.Namespace) -> RunResult:
-    """Train one model on digits and return its test accuracy."""
+    """Train one model on digits and return its validation and test accuracy."""
     start = time.perf_counter()
     pl.seed_everything(config.seed, verbose=False)
-    lr = args.lr * config.batch_size / 64
+    lr = config.lr * config.batch_size / 64
     model = TimmClassifier(
         args.model,
         num_classes=10,
@@ -121,7 +125,9 @@ def train_once(config: RunConfig, args: argparse.Namespace) -> RunResult:
         scheduler=partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=args.epochs),
     )
     swap_norms(model.model, config.norm)
-    callbacks = [WeightAlign(log_every_n_steps=0)] if config.norm.startswith("wa") else []
+    callbacks: list[pl.Callback] = []
+    if config.norm.startswith("wa"):
+        callbacks.append(WeightAlign(log_every_n_steps=0))
     data = DigitsDataModule(
         batch_size=config.batch_size, image_size=32, channels=3, seed=config.seed, drop_last=True
     )
@@ -133,8 +139,10 @@ def train_once(config: RunConfig, args: argparse.Namespace) -> RunResult:
         **trainer_kwargs(),
     )
     trainer.fit(model, datamodule=data)
-    test_acc = float(trainer.test(model, datamodule=data, verbose=False)[0]["test/acc"])
-    return RunResult(config, test_acc, time.perf_counter() - start)
+    evaluator = pl.Trainer(**trainer_kwargs())  # the fit's Trainer skips validation
+    val_acc = float(evaluator.validate(model, datamodule=data, verbose=False)[0]["val/acc"])
+    test_acc = float(evaluator.test(model, datamodule=data, verbose=False)[0]["test/acc"])
+    return RunResult(config, val_acc, test_acc, time.perf_counter() - start)
 
 
 def _init_worker(threads: int) -> None:
@@ -142,22 +150,69 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_accuracy(args: argparse.Namespace, store_path: Path) -> dict[RunConfig, RunResult]:
-    """Train every (norm, batch size, seed) missing from the run store, in parallel processes."""
-    signature = {k: getattr(args, k) for k in ("model", "epochs", "lr", "momentum", "quick")}
-    results: dict[RunConfig, RunResult] = {}
-    if args.resume and store_path.exists():
-        saved = json.loads(store_path.read_text())
-        if saved.get("signature") == signature:
-            for record in saved["runs"]:
-                config = RunConfig(**record["config"])
-                results[config] = RunResult(config, record["test_acc"], record["seconds"])
+def load_runs(args: argparse.Namespace, store_path: Path) -> dict[RunConfig, RunResult]:
+    """The stored runs made with the same settings (with ``--resume``), else none."""
+    if not (args.resume and store_path.exists()):
+        return {}
+    saved = json.loads(store_path.read_text())
+    if saved.get("signature") != run_signature(args):
+        return {}
+    results = {}
+    for record in saved["runs"]:
+        config = RunConfig(**record.pop("config"))
+        results[config] = RunResult(config, **record)
+    return results
+
+
+def run_signature(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("model", "epochs", "momentum", "quick")}
+
+
+def choose_learning_rates(
+    args: argparse.Namespace, results: dict[RunConfig, RunResult], store_path: Path
+) -> dict[Norm, float]:
+    """Per normalisation, the lr of ``--lr-grid`` with the best validation accuracy (largest
+    batch size, first seed); ties go to the larger lr."""
+    batch, seed = max(args.batch_sizes), args.seeds[0]
+    grid = sorted(args.lr_grid, reverse=True)
+    tuning = [RunConfig(norm, batch, seed, lr) for norm in NORMS for lr in grid]
+    run_configs(tuning, args, results, store_path, "tuning")
+    chosen = {}
+    for norm in NORMS:
+        scores = {lr: results[RunConfig(norm, batch, seed, lr)].val_acc for lr in grid}
+        chosen[norm] = max(grid, key=lambda lr: scores[lr])
+        console.print(
+            f"{LABELS[norm]}: lr {chosen[norm]} (validation accuracy at batch {batch}: "
+            + ", ".join(f"{lr} -> {acc:.4f}" for lr, acc in scores.items())
+            + ")"
+        )
+    return chosen
+
+
+def run_accuracy(
+    args: argparse.Namespace, store_path: Path
+) -> tuple[dict[RunConfig, RunResult], dict[Norm, float]]:
+    """Choose each normalisation's lr, then train every (norm, batch size, seed) with it."""
+    results = load_runs(args, store_path)
+    rates = choose_learning_rates(args, results, store_path)
     configs = [
-        RunConfig(norm, batch_size, seed)
+        RunConfig(norm, batch_size, seed, rates[norm])
         for batch_size in sorted(args.batch_sizes)  # the slow small batches first
         for seed in args.seeds
         for norm in NORMS
     ]
+    run_configs(configs, args, results, store_path, "runs")
+    return results, rates
+
+
+def run_configs(
+    configs: list[RunConfig],
+    args: argparse.Namespace,
+    results: dict[RunConfig, RunResult],
+    store_path: Path,
+    stage: str,
+) -> None:
+    """Train the ``configs`` missing from ``results`` in parallel processes; store each run."""
     todo = [c for c in configs if c not in results]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
@@ -168,22 +223,25 @@ def run_accuracy(args: argparse.Namespace, store_path: Path) -> dict[RunConfig, 
             result = future.result()
             results[result.config] = result
             runs = [asdict(r) for r in results.values()]
-            store_path.write_text(json.dumps({"signature": signature, "runs": runs}, indent=1))
+            store = {"signature": run_signature(args), "runs": runs}
+            store_path.write_text(json.dumps(store, indent=1))
             c = result.config
             console.print(
-                f"[{done}/{len(todo)}] {LABELS[c.norm]}, batch {c.batch_size}, seed {c.seed}: "
-                f"test {result.test_acc:.4f} ({result.seconds:.0f} s)"
+                f"{stage} [{done}/{len(todo)}] {LABELS[c.norm]}, batch {c.batch_size}, seed "
+                f"{c.seed}, lr {c.lr}: val {result.val_acc:.4f}, test {result.test_acc:.4f} "
+                f"({result.seconds:.0f} s)"
             )
-    return results
 
 
 def accuracy_table(
-    results: dict[RunConfig, RunResult], args: argparse.Namespace
+    results: dict[RunConfig, RunResult], rates: dict[Norm, float], args: argparse.Namespace
 ) -> dict[Norm, dict[int, tuple[float, float]]]:
     """norm -> batch size -> (mean, std) of the test accuracy over seeds."""
     return {
         norm: {
-            batch: mean_std([results[RunConfig(norm, batch, seed)].test_acc for seed in args.seeds])
+            batch: mean_std(
+                [results[RunConfig(norm, batch, seed, rates[norm])].test_acc for seed in args.seeds]
+            )
             for batch in args.batch_sizes
         }
         for norm in NORMS
@@ -288,7 +346,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet10t", help="timm architecture of (b)")
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate at batch 64")
+    parser.add_argument(
+        "--lr-grid",
+        type=float,
+        nargs="+",
+        default=[0.05, 0.02, 0.005],
+        help="SGD learning rates at batch 64 to choose from, per normalisation",
+    )
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 8, 2])
@@ -302,6 +366,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.epochs, args.seeds, args.limit_train_batches = 1, [0], 6
+        args.lr_grid = args.lr_grid[:2]
         speed.quick_settings(args)
     if args.limit_train_batches > 1:  # a count of batches (1.0 is the whole epoch)
         args.limit_train_batches = int(args.limit_train_batches)
@@ -319,14 +384,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     saved_speed = (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR) / f"{speed.NAME}.json"
     if speed_rows is None and saved_speed.exists():  # plot the last measurement
         speed_rows = json.loads(saved_speed.read_text())["rows"]
-    results = run_accuracy(args, runs_dir / f"{NAME}.runs.json")
-    table = accuracy_table(results, args)
+    results, rates = run_accuracy(args, runs_dir / f"{NAME}.runs.json")
+    table = accuracy_table(results, rates, args)
     sizes = sorted(args.batch_sizes, reverse=True)
-    columns = ["normalisation", *(f"test acc, batch {b}" for b in sizes)]
+    columns = ["normalisation", "lr at batch 64", *(f"test acc, batch {b}" for b in sizes)]
     columns.append(f"drop {sizes[0]} -> {sizes[-1]}")
     rows = [
         [
             LABELS[n],
+            rates[n],
             *(f"{table[n][b][0]:.4f} ± {table[n][b][1]:.4f}" for b in sizes),
             round(table[n][sizes[0]][0] - table[n][sizes[-1]][0], 4),
         ]
@@ -336,7 +402,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = {
         "model": f"timm {args.model} (pretrained=False), 10 classes",
         "data": "scikit-learn digits, 32x32 RGB, stratified 70/15/15 split (seeded), drop_last",
-        "optimizer": f"SGD(lr={args.lr} * B/64, momentum={args.momentum}), cosine over epochs",
+        "optimizer": f"SGD(lr * B/64, momentum={args.momentum}), cosine over epochs; lr per "
+        f"normalisation from {sorted(args.lr_grid, reverse=True)} by validation accuracy at batch "
+        f"{max(args.batch_sizes)}, seed {args.seeds[0]}",
+        "learning_rates": {LABELS[n]: rates[n] for n in NORMS},
         "epochs": args.epochs,
         "limit_train_batches": args.limit_train_batches,
         "batch_sizes": sizes,
@@ -345,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "quick": args.quick,
         "minutes_this_invocation": round((time.perf_counter() - started) / 60, 1),
         "run_seconds_total": round(sum(r.seconds for r in results.values())),
+        "tuning_runs": len(args.lr_grid) * len(NORMS),
     }
     notes = "Test accuracy after the last epoch, mean ± std over seeds. " + summary
     path = write_results(
