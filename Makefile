@@ -43,6 +43,7 @@ bench: install
 	$(PY) benchmarks/norm_loss_claim.py
 	$(PY) benchmarks/weight_align_claim.py
 	$(PY) benchmarks/bnsr_claim.py
+	$(PY) benchmarks/bnsr_skew_diagnosis.py
 
 clean:
 	rm -rf site .pytest_cache .mypy_cache .ruff_cache
