@@ -89,3 +89,12 @@ def test_identity_warp_trains_exactly_like_batch_norm() -> None:
     with_bnsr = train([BNSR(warp="identity")])
     for key, value in plain.items():
         assert torch.equal(value, with_bnsr[key]), key
+
+
+def test_compiled_option_reaches_every_layer_and_is_validated() -> None:
+    model = TinyConvNet()
+    BNSR(compiled=True).apply(model)
+    layers = [m for m in model.modules() if isinstance(m, BNSR2d)]
+    assert layers and all(layer.compiled for layer in layers)
+    with pytest.raises(ValueError, match="`compiled`"):
+        BNSR(compiled="yes")  # type: ignore[arg-type]
