@@ -42,8 +42,12 @@ bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/norm_loss_claim.py
 	$(PY) benchmarks/weight_align_claim.py
+	$(PY) benchmarks/sgdg2_claim.py
+	$(PY) benchmarks/frank_wolfe_claim.py
 	$(PY) benchmarks/bnsr_claim.py
+	$(PY) benchmarks/pruning_claim.py
 	$(PY) benchmarks/bnsr_skew_diagnosis.py
+	$(PY) benchmarks/weight_norm_supervision_claim.py
 
 clean:
 	rm -rf site .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,8 @@ Examples:
 """
 
 from lightning_dnn_tricks.models.base import adamw
+from lightning_dnn_tricks.models.predictive_coding import PredictiveCodingNetwork
 from lightning_dnn_tricks.models.sequence_model import SequenceModel
 from lightning_dnn_tricks.models.timm_classifier import TimmClassifier
 
-__all__ = ["SequenceModel", "TimmClassifier", "adamw"]
+__all__ = ["PredictiveCodingNetwork", "SequenceModel", "TimmClassifier", "adamw"]

@@ -56,6 +56,10 @@ class SequenceModel(SupervisedModule):
         scheduler: optional callable building a learning-rate scheduler from the optimizer
             (``ReduceLROnPlateau`` monitors ``val/loss``).
         scheduler_interval: step the scheduler every ``"epoch"`` or every optimizer ``"step"``.
+        eval_prefix_steps: zero-input steps run before every sequence outside training (>= 0):
+            evaluates the recurrence over longer runs than trained, on the same labels when a
+            zero input carries no signal (the adding problem). With ``readout="sequence"`` the
+            prefix's outputs are dropped.
 
     Raises:
         ValueError: an argument is out of range (the message names it), or a batch's targets do not
@@ -81,8 +85,10 @@ class SequenceModel(SupervisedModule):
         optimizer: OptimizerCallable = adamw,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: SchedulerInterval = "epoch",
+        eval_prefix_steps: int = 0,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval)
+        check_number("eval_prefix_steps", eval_prefix_steps, low=0, integer=True)
         check_choice("cell", cell, tuple(CELLS))
         check_choice("task", task, TASKS)
         check_choice("readout", readout, READOUTS)
@@ -95,6 +101,7 @@ class SequenceModel(SupervisedModule):
         self.task = task
         self.readout = readout
         self.output_size = output_size
+        self.eval_prefix_steps = eval_prefix_steps
         self.rnn = CELLS[cell](input_size, hidden_size, num_layers=num_layers, batch_first=True)
         self.head = nn.Linear(hidden_size, output_size)
         if task == "regression":
@@ -106,9 +113,12 @@ class SequenceModel(SupervisedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``(B, output_size)`` (``"last"``) or ``(B, T, output_size)`` (``"sequence"``)."""
-        hidden, _ = self.rnn(x)
+        prefix = 0 if self.training else self.eval_prefix_steps
+        hidden, _ = self.rnn(F.pad(x, (0, 0, prefix, 0)) if prefix else x)
         if self.readout == "last":
             hidden = hidden[:, -1]
+        elif prefix:
+            hidden = hidden[:, prefix:]
         out: torch.Tensor = self.head(hidden)
         return out
 

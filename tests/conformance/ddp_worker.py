@@ -18,6 +18,8 @@ def main(trick_name: str, out_dir: str) -> None:
     build_model, _ = BACKBONES["resnet18"]
     pl.seed_everything(0)
     model = build_model()
+    if TRICK_CASES[trick_name].optimizer is not None:  # optimizer tricks train with theirs
+        model.optimizer_factory = TRICK_CASES[trick_name].optimizer
     # Parameters only: BatchNorm running statistics are per-rank buffers under plain DDP.
     initial = {k: v.detach().clone() for k, v in model.named_parameters()}
     trainer = pl.Trainer(

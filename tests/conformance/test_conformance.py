@@ -19,7 +19,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from trick_cases import TRICK_CASES, TrickCase
 
-from lightning_dnn_tricks import TrickConfigurationError, TrickWarning, get_trick, list_tricks
+from lightning_dnn_tricks import (
+    Capabilities,
+    TrickConfigurationError,
+    TrickWarning,
+    get_trick,
+    list_tricks,
+)
+from lightning_dnn_tricks.callbacks import OptimizerSupport
 from lightning_dnn_tricks.callbacks.base import TrickCallback
 from lightning_dnn_tricks.data import DigitsDataModule
 from lightning_dnn_tricks.models import TimmClassifier
@@ -44,6 +51,13 @@ def _assert_trained(before: dict[str, torch.Tensor], module: torch.nn.Module) ->
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
 
 
+def _use_trick_optimizer(model: pl.LightningModule, case: TrickCase) -> pl.LightningModule:
+    """Optimizer tricks: the reference model (a SupervisedModule) trains with the trick's."""
+    if case.optimizer is not None:
+        model.optimizer_factory = case.optimizer  # type: ignore[assignment]
+    return model
+
+
 def test_every_registered_trick_has_test_settings() -> None:
     registered = {spec.name for spec in list_tricks()}
     assert registered == set(TRICK_CASES), (
@@ -57,7 +71,7 @@ def test_every_registered_trick_has_test_settings() -> None:
 def test_trains_on_every_backbone(trick_case: TrickCase, backbone: str) -> None:
     build_model, _ = BACKBONES[backbone]
     pl.seed_everything(0)
-    model = build_model()
+    model = _use_trick_optimizer(build_model(), trick_case)
     before = _snapshot(model)
     applies = trick_case.backbones is None or backbone in trick_case.backbones
     # A backbone the trick does not apply to must get the "matched no layer" warning, and train.
@@ -78,7 +92,8 @@ def _digits_run(
         "resnet18",
         num_classes=10,
         in_chans=1,
-        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0),
+        optimizer=trick_case.optimizer
+        or (lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=0.0)),
     )
     data = DigitsDataModule(batch_size=32, image_size=8, channels=1, seed=0)
     trainer = pl.Trainer(
@@ -147,7 +162,7 @@ def test_bad_arguments_raise_value_error_naming_the_argument(trick_case: TrickCa
 def test_bf16_mixed_trains(trick_case: TrickCase) -> None:
     build_model, _ = BACKBONES["resnet18"]
     pl.seed_everything(0)
-    model = build_model()
+    model = _use_trick_optimizer(build_model(), trick_case)
     before = _snapshot(model)
     trainer = pl.Trainer(
         max_steps=2, precision="bf16-mixed", callbacks=trick_case.callbacks(), **QUIET_TRAINER
@@ -169,6 +184,10 @@ def test_declared_capabilities_are_enforced_at_setup(trick_name: str) -> None:
     spec = get_trick(trick_name)
     caps = spec.capabilities
     module = pl.LightningModule()
+    case = TRICK_CASES[trick_name]
+    if case.optimizer is not None:
+        _check_optimizer_capabilities(case, caps)
+        return
     for callback in TRICK_CASES[trick_name].callbacks():
         if not isinstance(callback, TrickCallback):
             continue
@@ -193,21 +212,51 @@ def test_declared_capabilities_are_enforced_at_setup(trick_name: str) -> None:
         module.automatic_optimization = True
 
 
+def _check_optimizer_capabilities(case: TrickCase, caps: Capabilities) -> None:
+    """Optimizer tricks: OptimizerSupport refuses at fit start what the optimizer cannot do."""
+    assert case.optimizer is not None
+    optimizer = case.optimizer(torch.nn.Linear(2, 1).parameters())
+    support = OptimizerSupport()
+    module = pl.LightningModule()
+
+    def check(trainer: SimpleNamespace) -> None:
+        support.check(trainer, module, optimizer)  # type: ignore[arg-type]
+
+    for precision in ALL_PRECISIONS:
+        if precision in caps.precisions:
+            check(_fake_trainer(precision))
+        else:
+            with pytest.raises(TrickConfigurationError, match=precision):
+                check(_fake_trainer(precision))
+    if caps.gradient_accumulation:
+        check(_fake_trainer("32-true", accumulate=2))
+    else:
+        with pytest.raises(TrickConfigurationError, match="accumulate_grad_batches=2"):
+            check(_fake_trainer("32-true", accumulate=2))
+    module.automatic_optimization = False
+    if caps.manual_optimization:
+        check(_fake_trainer("32-true"))
+    else:
+        with pytest.raises(TrickConfigurationError, match="manual"):
+            check(_fake_trainer("32-true"))
+
+
 def test_round_trips_through_lightning_cli_yaml(trick_name: str, tmp_path: Path) -> None:
     from lightning.pytorch.cli import LightningCLI
 
     spec = get_trick(trick_name)
     case = TRICK_CASES[trick_name]
+    trick = {"class_path": spec.import_path.replace(":", "."), "init_args": case.cli_init_args}
+    is_optimizer = case.optimizer is not None
     config = {
-        "trainer": {
-            "logger": False,
-            "callbacks": [
-                {"class_path": spec.import_path.replace(":", "."), "init_args": case.cli_init_args}
-            ],
-        },
+        "trainer": {"logger": False, "callbacks": [] if is_optimizer else [trick]},
         "model": {
             "class_path": "lightning_dnn_tricks.models.TimmClassifier",
-            "init_args": {"model_name": "resnet18", "num_classes": 10},
+            "init_args": {
+                "model_name": "resnet18",
+                "num_classes": 10,
+                **({"optimizer": trick} if is_optimizer else {}),
+            },
         },
     }
     path = tmp_path / "config.yaml"
@@ -220,6 +269,14 @@ def test_round_trips_through_lightning_cli_yaml(trick_name: str, tmp_path: Path)
         save_config_callback=None,
     )
     trick_class = spec.load()
+    if is_optimizer:
+        optimizer = cli.model.configure_optimizers()
+        assert type(optimizer) is trick_class
+        for option, value in case.cli_init_args.items():
+            found = optimizer.param_groups[0].get(option, getattr(optimizer, option, None))
+            assert found == value, option
+        copy.deepcopy(optimizer)
+        return
     instances = [cb for cb in cli.trainer.callbacks if isinstance(cb, trick_class)]
     assert len(instances) == 1
     for attribute, value in case.cli_init_args.items():

@@ -1,0 +1,258 @@
+"""The Lightning path of this library's optimizers: checks, probe isolation and anchor weights."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
+
+from lightning_dnn_tricks.callbacks.base import TrickCallback
+from lightning_dnn_tricks.optim import SGDG2, FrankWolfe, preserve_buffers
+from lightning_dnn_tricks.registry import Capabilities
+from lightning_dnn_tricks.validation import TrickConfigurationError
+
+_OURS = (SGDG2, FrankWolfe)
+
+
+def _unwrap(optimizer: Any) -> Any:
+    return getattr(optimizer, "_optimizer", optimizer)  # LightningOptimizer -> the optimizer
+
+
+@contextlib.contextmanager
+def silenced_logging(pl_module: pl.LightningModule) -> Iterator[None]:
+    """``pl_module.log`` and ``log_dict`` do nothing inside the block (no probe loss is logged)."""
+
+    def skip(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    names = ("log", "log_dict")
+    shadowed = {name: pl_module.__dict__[name] for name in names if name in pl_module.__dict__}
+    for name in names:
+        setattr(pl_module, name, skip)
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in shadowed:
+                setattr(pl_module, name, shadowed[name])
+            else:
+                delattr(pl_module, name)
+
+
+@contextlib.contextmanager
+def preserved_metric_states(pl_module: pl.LightningModule) -> Iterator[None]:
+    """torchmetrics states updated inside the block are put back (metrics count a batch once)."""
+    metrics = [m for m in pl_module.modules() if isinstance(m, Metric)]
+    saved = [
+        {
+            name: value.clone() if isinstance(value, torch.Tensor) else list(value)
+            for name, value in metric.metric_state.items()
+        }
+        for metric in metrics
+    ]
+    counts = [(metric._update_count, metric._computed) for metric in metrics]
+    try:
+        yield
+    finally:
+        for metric, states, (count, computed) in zip(metrics, saved, counts, strict=True):
+            for name, value in states.items():
+                setattr(metric, name, value)
+            metric._update_count, metric._computed = count, computed
+
+
+def _capability_checker(optimizer: torch.optim.Optimizer) -> TrickCallback:
+    """A TrickCallback carrying the optimizer's registry spec, for the generic Trainer checks."""
+    cls: Any = type(optimizer)
+    checker: type[TrickCallback] = type(cls.__name__, (TrickCallback,), {"spec": cls.spec})
+    return checker()
+
+
+class OptimizerSupport(Callback):
+    """Makes this library's optimizers safe under Lightning; inert when none is configured.
+
+    Installing the package registers this callback with Lightning's
+    ``lightning.pytorch.callbacks_factory`` entry point, so every ``Trainer`` gets one and choosing
+    the optimizer is all a user does. Adding it by hand is harmless (only the first instance
+    acts). When fit starts (after ``configure_optimizers``, before the first step) it:
+
+    - refuses, for the closure optimizers (``SGDG2``, ``SRK2``), ``precision="16-mixed"``
+      (Lightning's fp16 GradScaler calls ``step()`` without the closure) and
+      ``accumulate_grad_batches > 1`` (the probe would re-run only the last micro-batch), and
+      checks every optimizer against its declared capabilities;
+    - wraps the probe evaluation of the closure optimizers so that it does not move BatchNorm
+      running statistics (any buffer) or torchmetrics states a second time and logs nothing:
+      one loss, the one at ``X``, is logged per step (the optimizer itself replays the RNG, so
+      dropout draws the same masks);
+    - for ``FrankWolfe``, makes validation, checkpoints and the end of training see the anchor
+      weights with no per-step copy: the anchors are swapped in around validation and when
+      training ends; the module's ``state_dict`` (so every checkpoint, ``weights_only``
+      included) holds the anchors of the tensors that are mid-trajectory, and a full
+      checkpoint's optimizer state the trajectory point, so resuming mid-trajectory is exact.
+      Other callbacks running between batches see the trajectory point;
+    - logs ``sgdg2/lr`` (SRK2 too), the step size after each step, or
+      ``frank_wolfe/inner_step``, the inner step ``t`` just taken.
+
+    Raises:
+        TrickConfigurationError: at fit start, when the Trainer conflicts with an optimizer.
+
+    Examples:
+        >>> import lightning.pytorch as pl
+        >>> trainer = pl.Trainer(callbacks=[OptimizerSupport()], logger=False)
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[RemovableHandle] = []
+        self._frank_wolfe: list[FrankWolfe] = []
+        self._closure_optimizers: list[SGDG2] = []
+        self._validating: list[FrankWolfe] = []
+        self._names: dict[int, str] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+        callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        first = next(cb for cb in callbacks if isinstance(cb, OptimizerSupport))
+        if first is not self:
+            return
+        for optimizer in (_unwrap(o) for o in trainer.optimizers):
+            if not isinstance(optimizer, _OURS):
+                continue
+            self.check(trainer, pl_module, optimizer)
+            if isinstance(optimizer, SGDG2):
+                handle = optimizer.register_probe_hook(lambda: self._probe(pl_module))
+                self._handles.append(handle)
+                self._closure_optimizers.append(optimizer)
+            else:
+                self._frank_wolfe.append(optimizer)
+        if self._frank_wolfe:
+            self._names = {id(v): k for k, v in pl_module.state_dict(keep_vars=True).items()}
+            register = getattr(pl_module, "register_state_dict_post_hook", None)
+            if register is None:  # torch < 2.5: the same hook under its older, private name
+                register = pl_module._register_state_dict_hook
+            # A partial, not the bound method: torch marks hooks with an attribute.
+            self._handles.append(register(functools.partial(self._anchor_state_dict)))
+
+    def check(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Raise :class:`TrickConfigurationError` when the Trainer conflicts with ``optimizer``."""
+        name = type(optimizer).__name__
+        caps: Capabilities = type(optimizer).spec.capabilities  # type: ignore[attr-defined]
+        if caps.needs_closure and str(trainer.precision) == "16-mixed":
+            raise TrickConfigurationError(
+                f"{name}: precision='16-mixed' is not supported: Lightning's fp16 GradScaler "
+                f"calls optimizer.step() without the closure, and {name} must evaluate the "
+                "gradient twice per step. Use precision='bf16-mixed' or '32-true'."
+            )
+        if caps.needs_closure and trainer.accumulate_grad_batches > 1:
+            raise TrickConfigurationError(
+                f"{name}: accumulate_grad_batches={trainer.accumulate_grad_batches} is not "
+                "supported: the second (probe) gradient evaluation would re-run only the last "
+                "micro-batch and add it to the accumulated gradient. Set "
+                "accumulate_grad_batches=1 and raise the batch size instead."
+            )
+        _capability_checker(optimizer).check_trainer(trainer, pl_module)
+
+    @contextlib.contextmanager
+    def _probe(self, pl_module: pl.LightningModule) -> Iterator[None]:
+        with (
+            preserve_buffers(pl_module),
+            preserved_metric_states(pl_module),
+            silenced_logging(pl_module),
+        ):
+            yield
+
+    # -- FrankWolfe: anchor weights outside the training steps ----------------------------------
+    def _swap_all(self) -> list[FrankWolfe]:
+        swapped = [fw for fw in self._frank_wolfe if not fw.swapped]
+        for fw in swapped:
+            fw.swap_to_anchor()
+        return swapped
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        for fw in self._frank_wolfe:  # after a resume or a previous fit the anchor is swapped in
+            fw.restore_position()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validating = self._swap_all()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for fw in self._validating:
+            fw.restore_position()
+        self._validating = []
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._swap_all()
+
+    def _anchor_state_dict(
+        self, module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+    ) -> None:
+        """Module state-dict hook: mid-trajectory parameters are saved as their anchors."""
+        for fw in self._frank_wolfe:
+            if fw.swapped:
+                continue
+            for p, state in fw.mid_trajectory():
+                name = self._names.get(id(p))
+                if name is not None and prefix + name in state_dict:
+                    state_dict[prefix + name] = state["anchor"]
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """The optimizer state records the trajectory point that the saved anchors replace."""
+        states = checkpoint.get("optimizer_states")
+        for optimizer_index, optimizer in enumerate(_unwrap(o) for o in trainer.optimizers):
+            if optimizer not in self._frank_wolfe or optimizer.swapped or states is None:
+                continue
+            packed = states[optimizer_index]["state"]
+            order = [p for group in optimizer.param_groups for p in group["params"]]
+            index = {id(p): i for i, p in enumerate(order)}
+            for p, _ in optimizer.mid_trajectory():
+                entry = packed[index[id(p)]]  # the live state dict: copy, do not mutate
+                packed[index[id(p)]] = {**entry, "position": p.detach().clone()}
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._log(pl_module)
+
+    def _log(self, pl_module: pl.LightningModule) -> None:
+        """Log ``sgdg2/lr`` (the adapted step size) or ``frank_wolfe/inner_step`` (last t)."""
+        for optimizer in self._closure_optimizers:
+            group = optimizer.param_groups[0]
+            pl_module.log(f"{optimizer.spec.name}/lr", float(group["lr"]), on_step=True)
+        for fw in self._frank_wolfe:
+            group = fw.param_groups[0]
+            steps = [fw.state[p]["fw_step"] for p in group["params"] if p in fw.state]
+            if steps:
+                inner = (steps[0] - 1) % group["inner_steps"] + 1
+                pl_module.log("frank_wolfe/inner_step", float(inner), on_step=True)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._release()
+
+    def _release(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._frank_wolfe, self._closure_optimizers = [], [], []
+        self._validating, self._names = [], {}
+
+
+def callbacks_factory() -> list[Callback]:
+    """Lightning's ``lightning.pytorch.callbacks_factory`` entry point: one OptimizerSupport."""
+    return [OptimizerSupport()]

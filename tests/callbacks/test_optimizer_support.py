@@ -1,0 +1,178 @@
+"""The Lightning path of the optimizers: OptimizerSupport (probe isolation, anchors, checks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import tomllib
+import torch
+from ldt_testing import QUIET_TRAINER
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_dnn_tricks import TrickConfigurationError
+from lightning_dnn_tricks.callbacks import OptimizerSupport
+from lightning_dnn_tricks.callbacks.optimizer_support import callbacks_factory
+from lightning_dnn_tricks.optim import SGDG2, FrankWolfe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class MaskRecorder(nn.Module):
+    """Dropout that records its masks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = (torch.rand_like(x) > 0.5).float()
+        if self.training:
+            self.masks.append(mask)
+        return x * mask * 2
+
+
+class Module(pl.LightningModule):
+    def __init__(self, optimizer: Any) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(4, 8), nn.BatchNorm1d(8), MaskRecorder(), nn.Linear(8, 1)
+        )
+        self.make_optimizer = optimizer
+        self.logged_losses = 0
+        self.val_weights: list[torch.Tensor] = []
+
+    def log(self, name: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        self.logged_losses += name == "train/loss"
+        super().log(name, *args, **kwargs)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
+        self.log("train/loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.val_weights.append(self.net[0].weight.detach().clone())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.make_optimizer(self.parameters())
+
+
+def _loader(n: int = 40) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 4, generator=generator), torch.randn(n, 1, generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_sgdg2_probe_replays_dropout_and_leaves_batchnorm_and_logs_once(precision: str) -> None:
+    pl.seed_everything(0)
+    module = Module(lambda p: SGDG2(p, lr=0.01))
+    trainer = pl.Trainer(
+        max_steps=4, precision=precision, callbacks=[OptimizerSupport()], **QUIET_TRAINER
+    )
+    trainer.fit(module, _loader())
+    masks = module.net[2].masks
+    assert len(masks) == 8  # two evaluations per step
+    assert all(torch.equal(masks[i], masks[i + 1]) for i in range(0, 8, 2))
+    assert not torch.equal(masks[0], masks[2])
+    assert int(module.net[1].num_batches_tracked) == 4
+    assert module.logged_losses == 4
+    assert trainer.callback_metrics["sgdg2/lr"] == pytest.approx(
+        trainer.optimizers[0].param_groups[0]["lr"]
+    )
+
+
+def test_closure_optimizer_refuses_gradient_accumulation() -> None:
+    module = Module(lambda p: SGDG2(p, lr=0.01))
+    trainer = pl.Trainer(
+        max_steps=2, accumulate_grad_batches=2, callbacks=[OptimizerSupport()], **QUIET_TRAINER
+    )
+    with pytest.raises(TrickConfigurationError, match=r"accumulate_grad_batches=2.*batch size"):
+        trainer.fit(module, _loader())
+
+
+def test_frank_wolfe_validation_checkpoints_and_end_see_the_anchor(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    module = Module(lambda p: FrankWolfe(p, lr=1e-2, inner_steps=4))
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
+    trainer = pl.Trainer(
+        max_steps=6,
+        val_check_interval=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        callbacks=[OptimizerSupport(), checkpoint],
+        **{**QUIET_TRAINER, "enable_checkpointing": True},
+    )
+    trainer.fit(module, _loader(), _loader(8))
+    opt = trainer.optimizers[0]
+    weight = module.net[0].weight
+    # End of training (step 6, t=2 of 4): the model holds the anchor, the trajectory is kept.
+    assert opt.swapped and torch.equal(weight, opt.state[weight]["anchor"])
+    assert not torch.equal(opt.state[weight]["position"], weight)
+    # Validation after step 3 (t=3) saw the anchor of the first trajectory: the initial weights.
+    saved = torch.load(tmp_path / "epoch=0-step=3.ckpt", weights_only=False)
+    assert torch.equal(module.val_weights[0], saved["state_dict"]["net.0.weight"])
+    pl.seed_everything(0)
+    initial = Module(None).net[0].weight
+    assert torch.equal(module.val_weights[0], initial)
+    assert "position" in saved["optimizer_states"][0]["state"][0]
+
+
+def test_only_the_first_instance_acts() -> None:
+    module = Module(lambda p: SGDG2(p, lr=0.01))
+    first, second = OptimizerSupport(), OptimizerSupport()
+    trainer = pl.Trainer(max_steps=1, callbacks=[first, second], **QUIET_TRAINER)
+    trainer.fit(module, _loader())
+    assert int(module.net[1].num_batches_tracked) == 1 and module.logged_losses == 1
+
+
+def test_entry_point_adds_the_callback_to_every_trainer() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    entry = project["project"]["entry-points"]["lightning.pytorch.callbacks_factory"]
+    assert entry == {
+        "lightning_dnn_tricks": "lightning_dnn_tricks.callbacks.optimizer_support:callbacks_factory"
+    }
+    assert [type(cb) for cb in callbacks_factory()] == [OptimizerSupport]
+
+
+class StateDictProbe(pl.Callback):
+    """Records, after each training batch, the module's state_dict weight and the live weight."""
+
+    def __init__(self) -> None:
+        self.saved: list[torch.Tensor] = []
+        self.live: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+        self.saved.append(pl_module.state_dict()["net.0.weight"].clone())
+        self.live.append(pl_module.net[0].weight.detach().clone())
+
+
+def test_frank_wolfe_state_dict_holds_the_anchor_mid_trajectory() -> None:
+    """What weights_only checkpoints and a user's state_dict() see between steps: the anchor."""
+    pl.seed_everything(0)
+    module = Module(lambda p: FrankWolfe(p, lr=1e-2, inner_steps=2))
+    initial = module.net[0].weight.detach().clone()
+    probe = StateDictProbe()
+    trainer = pl.Trainer(max_steps=3, callbacks=[OptimizerSupport(), probe], **QUIET_TRAINER)
+    trainer.fit(module, _loader())
+    assert torch.equal(probe.saved[0], initial) and not torch.equal(probe.live[0], initial)
+    assert torch.equal(probe.saved[1], probe.live[1])  # step 2 restarted: weights are the anchor
+    assert torch.equal(probe.saved[2], probe.live[1]) and not torch.equal(
+        probe.live[2], probe.live[1]
+    )
+
+
+def test_every_trainer_gets_exactly_one_optimizer_support() -> None:
+    """pyproject's entry point (installed by ``make install``) adds the callback to any Trainer."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    entries = project["project"]["entry-points"]["lightning.pytorch.callbacks_factory"]
+    assert entries == {
+        "lightning_dnn_tricks": "lightning_dnn_tricks.callbacks.optimizer_support:callbacks_factory"
+    }
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    assert sum(isinstance(c, OptimizerSupport) for c in trainer.callbacks) == 1
