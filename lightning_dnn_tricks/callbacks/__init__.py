@@ -3,6 +3,7 @@
 from lightning_dnn_tricks.callbacks.accelerated_pruning import AcceleratedIMP
 from lightning_dnn_tricks.callbacks.base import TrickCallback
 from lightning_dnn_tricks.callbacks.bnsr import BNSR
+from lightning_dnn_tricks.callbacks.importance_sampling import AdaptiveImportanceSampling
 from lightning_dnn_tricks.callbacks.norm_loss import NormLoss
 from lightning_dnn_tricks.callbacks.optimizer_support import OptimizerSupport
 from lightning_dnn_tricks.callbacks.pruning import IterativeMagnitudePruning
@@ -13,6 +14,7 @@ from lightning_dnn_tricks.callbacks.weight_norm_supervision import NormGroup, We
 __all__ = [
     "BNSR",
     "AcceleratedIMP",
+    "AdaptiveImportanceSampling",
     "IterativeMagnitudePruning",
     "NormGroup",
     "NormLoss",

@@ -15,6 +15,16 @@ Examples:
 from lightning_dnn_tricks.data._optional import require
 from lightning_dnn_tricks.data.base import DatasetSplits, InMemoryDataModule
 from lightning_dnn_tricks.data.digits import DigitsDataModule
+from lightning_dnn_tricks.data.importance_samplers import (
+    AdaptiveImportanceSampler,
+    DistributedAdaptiveImportanceSampler,
+)
+from lightning_dnn_tricks.data.indexed import (
+    ImportanceCollate,
+    IndexedDataset,
+    importance_dataloader,
+    importance_sampler,
+)
 from lightning_dnn_tricks.data.loader import ResumableDataLoader
 from lightning_dnn_tricks.data.mnist1d import MNIST1DDataModule
 from lightning_dnn_tricks.data.samplers import EpochSeededRandomSampler
@@ -26,14 +36,20 @@ from lightning_dnn_tricks.data.sequence_tasks import (
 )
 
 __all__ = [
+    "AdaptiveImportanceSampler",
     "AddingProblemDataModule",
     "CopyMemoryDataModule",
     "DatasetSplits",
     "DigitsDataModule",
+    "DistributedAdaptiveImportanceSampler",
     "EpochSeededRandomSampler",
+    "ImportanceCollate",
     "InMemoryDataModule",
+    "IndexedDataset",
     "MNIST1DDataModule",
     "ResumableDataLoader",
+    "importance_dataloader",
+    "importance_sampler",
     "make_adding_problem",
     "make_copy_memory",
     "require",

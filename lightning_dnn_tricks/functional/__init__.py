@@ -1,6 +1,16 @@
 """The maths of each method as plain functions on tensors and modules (never imports Lightning)."""
 
 from lightning_dnn_tricks.functional.bnsr import apply_bnsr, remove_bnsr, yeo_johnson
+from lightning_dnn_tricks.functional.importance_sampling import (
+    effective_sample_size,
+    ess_fraction,
+    importance_probabilities,
+    importance_weighted_mean,
+    importance_weights,
+    is_importance_batch,
+    logit_grad_norm,
+    per_example_grad_norms,
+)
 from lightning_dnn_tricks.functional.norm_loss import (
     add_norm_loss_grad_,
     mean_abs_norm_deviation,
@@ -50,13 +60,21 @@ __all__ = [
     "apply_masks_everywhere_",
     "apply_weight_align",
     "contraction_check",
+    "effective_sample_size",
+    "ess_fraction",
     "fold_weight_align",
+    "importance_probabilities",
+    "importance_weighted_mean",
+    "importance_weights",
+    "is_importance_batch",
+    "logit_grad_norm",
     "magnitude_masks",
     "make_permanent",
     "mask_gradients_",
     "mask_jaccard",
     "mean_abs_norm_deviation",
     "norm_loss",
+    "per_example_grad_norms",
     "power_iteration",
     "project_spectral_norm_",
     "pruned_state_dict",

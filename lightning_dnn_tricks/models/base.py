@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import lightning.pytorch as pl
 import torch
@@ -12,6 +12,11 @@ from torch import nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import Metric
 
+from lightning_dnn_tricks.functional.importance_sampling import (
+    EXAMPLE_KEY,
+    importance_weighted_mean,
+    is_importance_batch,
+)
 from lightning_dnn_tricks.validation import check_choice
 
 Stage = Literal["train", "val", "test"]
@@ -51,11 +56,38 @@ def check_callable(name: str, value: Any, *, optional: bool = False) -> None:
         raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
 
 
+class ExampleLosses(NamedTuple):
+    """Per-example losses of a batch, for importance-weighted training.
+
+    Attributes:
+        losses: one loss per example ``(B,)``.
+        preds: the predictions the stage metric sees.
+        target: the targets the stage metric sees.
+        logits: class logits ``(B, ..., C)`` for the ``"logit_grad"`` score (``None``: none).
+        classes: the class targets ``(B, ...)`` matching ``logits``.
+        label_smoothing: the cross-entropy's label smoothing.
+    """
+
+    losses: torch.Tensor
+    preds: torch.Tensor
+    target: torch.Tensor
+    logits: torch.Tensor | None = None
+    classes: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+
+
 class SupervisedModule(pl.LightningModule):
     """Base of the reference modules: ``(x, y)`` batches, one loss, one metric per stage.
 
     Subclasses implement ``compute_loss`` and call ``build_metrics``. Every stage logs
     ``{stage}/loss`` and ``{stage}/{metric_name}`` (``train`` per step, ``val``/``test`` per epoch).
+
+    Importance batches (adaptive importance sampling, see
+    :class:`~lightning_dnn_tricks.callbacks.AdaptiveImportanceSampling`): a training batch
+    ``{"example": (x, y), "weight": ...}`` is trained on
+    :func:`~lightning_dnn_tricks.functional.importance_weighted_mean` of the per-example losses
+    of :meth:`compute_example_losses` (which subclasses implement to support it); in the other
+    stages such a batch gets the plain ``compute_loss`` of its ``"example"``.
 
     Args:
         optimizer: callable that builds the optimizer from the parameters.
@@ -89,8 +121,28 @@ class SupervisedModule(pl.LightningModule):
         """Return ``(loss, predictions, targets)`` for a batch; the metric sees the last two."""
         raise NotImplementedError
 
+    def compute_example_losses(self, batch: Any) -> ExampleLosses:
+        """Per-example losses of an ``(x, y)`` batch (needed for importance sampling)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not support importance-sampled batches: implement "
+            "compute_example_losses (per-example losses) or train without "
+            "AdaptiveImportanceSampling."
+        )
+
     def _shared_step(self, batch: Any, stage: Stage) -> torch.Tensor:
-        loss, preds, target = self.compute_loss(batch)
+        if is_importance_batch(batch) and stage == "train":
+            out = self.compute_example_losses(batch[EXAMPLE_KEY])
+            loss = importance_weighted_mean(
+                out.losses,
+                batch,
+                logits=out.logits,
+                targets=out.classes,
+                label_smoothing=out.label_smoothing,
+            )
+            preds, target = out.preds, out.target
+        else:
+            example = batch[EXAMPLE_KEY] if is_importance_batch(batch) else batch
+            loss, preds, target = self.compute_loss(example)
         metric = cast(Metric, self.metrics[f"{stage}_{self.metric_name}"])
         metric(preds.detach(), target)
         per_epoch = stage != "train"

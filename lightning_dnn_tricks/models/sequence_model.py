@@ -12,7 +12,12 @@ from torch import nn
 from torchmetrics import MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_dnn_tricks.models.base import SchedulerInterval, SupervisedModule, adamw
+from lightning_dnn_tricks.models.base import (
+    ExampleLosses,
+    SchedulerInterval,
+    SupervisedModule,
+    adamw,
+)
 from lightning_dnn_tricks.validation import check_choice, check_number
 
 Cell = Literal["rnn", "gru", "lstm"]
@@ -139,6 +144,26 @@ class SequenceModel(SupervisedModule):
         logits = out.reshape(-1, self.output_size)
         target = y.reshape(-1)
         return F.cross_entropy(logits, target), logits, target
+
+    def compute_example_losses(self, batch: Any) -> ExampleLosses:
+        """Per-example losses of an ``(x, y)`` batch (mean over time steps and outputs).
+
+        Classification also returns the ``(B, [T,] C)`` logits and targets for the
+        ``"logit_grad"`` score; regression has none (use the ``"loss"`` score).
+        """
+        x, y = batch
+        out = self(x)
+        if self.task == "regression":
+            if self.output_size == 1 and y.shape == out.shape[:-1]:
+                y = y.unsqueeze(-1)
+            self._check_target(y, out.shape)
+            losses = F.mse_loss(out, y, reduction="none").flatten(1).mean(dim=1)
+            return ExampleLosses(losses, out, y)
+        self._check_target(y, out.shape[:-1])
+        logits = out.reshape(-1, self.output_size)
+        target = y.reshape(-1)
+        losses = F.cross_entropy(logits, target, reduction="none").view(len(out), -1).mean(dim=1)
+        return ExampleLosses(losses, logits, target, out, y)
 
     def _check_target(self, target: torch.Tensor, expected: torch.Size) -> None:
         if target.shape != expected:

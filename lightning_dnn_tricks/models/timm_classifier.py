@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_dnn_tricks.models.base import SchedulerInterval, SupervisedModule, adamw
+from lightning_dnn_tricks.models.base import (
+    ExampleLosses,
+    SchedulerInterval,
+    SupervisedModule,
+    adamw,
+)
 from lightning_dnn_tricks.validation import check_number
 
 
@@ -51,7 +56,9 @@ class TimmClassifier(SupervisedModule):
     Batches are ``(x, y)`` with ``x`` of shape ``(B, in_chans, H, W)`` and ``y`` integer class
     indices ``(B,)``. Logs ``train/loss`` and ``train/acc`` per step; ``val/loss``, ``val/acc``
     (progress bar), ``test/loss`` and ``test/acc`` per epoch. Accuracy is top-1 over all examples
-    (torchmetrics ``MulticlassAccuracy(average="micro")``).
+    (torchmetrics ``MulticlassAccuracy(average="micro")``). Importance-sampled training batches
+    (:class:`~lightning_dnn_tricks.callbacks.AdaptiveImportanceSampling`) are trained on the
+    importance-weighted mean cross-entropy, with the logits recorded for the scores.
 
     Args:
         model_name: a timm architecture, e.g. ``"resnet18"``, ``"mobilenetv3_small_050"``,
@@ -122,3 +129,10 @@ class TimmClassifier(SupervisedModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return loss, logits, y
+
+    def compute_example_losses(self, batch: Any) -> ExampleLosses:
+        """Per-example cross-entropies of an ``(x, y)`` batch, with the logits for the scores."""
+        x, y = batch
+        logits = self(x)
+        losses = F.cross_entropy(logits, y, reduction="none", label_smoothing=self.label_smoothing)
+        return ExampleLosses(losses, logits, y, logits, y, self.label_smoothing)
