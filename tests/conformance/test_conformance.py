@@ -76,7 +76,8 @@ def test_trains_on_every_backbone(trick_case: TrickCase, backbone: str) -> None:
     applies = trick_case.backbones is None or backbone in trick_case.backbones
     # A backbone the trick does not apply to must get the "matched no layer" warning, and train.
     expect = contextlib.nullcontext() if applies else pytest.warns(TrickWarning, match="matched no")
-    trainer = pl.Trainer(max_steps=2, callbacks=trick_case.callbacks(), **QUIET_TRAINER)
+    callbacks = trick_case.callbacks_for(backbone)
+    trainer = pl.Trainer(max_steps=2, callbacks=callbacks, **QUIET_TRAINER)
     with expect:
         trainer.fit(model, random_batches(backbone))
     _assert_trained(before, model)

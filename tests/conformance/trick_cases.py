@@ -16,6 +16,7 @@ import torch
 from lightning_dnn_tricks.callbacks import (
     BNSR,
     AcceleratedIMP,
+    AdaptiveImportanceSampling,
     IterativeMagnitudePruning,
     NormGroup,
     NormLoss,
@@ -42,6 +43,8 @@ class TrickCase:
             the others the backbone suite expects the trick's "matched no layer" warning.
         optimizer: for optimizer tricks, builds the optimizer from the parameters; the suites
             give it to the model in place of the model's own (``None``: keep the model's).
+        backbone_callbacks: builds the callbacks for one backbone of the backbone suite, where
+            a backbone needs other settings (``None``: ``callbacks`` everywhere).
     """
 
     callbacks: Callable[[], list[pl.Callback]]
@@ -51,6 +54,13 @@ class TrickCase:
     cli_init_args: dict[str, Any] = field(default_factory=dict)
     backbones: frozenset[str] | None = None
     optimizer: Callable[[Any], torch.optim.Optimizer] | None = None
+    backbone_callbacks: Callable[[str], list[pl.Callback]] | None = None
+
+    def callbacks_for(self, backbone: str) -> list[pl.Callback]:
+        """The callbacks of a run on ``backbone``."""
+        if self.backbone_callbacks is None:
+            return self.callbacks()
+        return self.backbone_callbacks(backbone)
 
 
 TRICK_CASES: dict[str, TrickCase] = {
@@ -198,6 +208,35 @@ TRICK_CASES: dict[str, TrickCase] = {
             ({"log_every_n_steps": -1}, "log_every_n_steps"),
         ],
         cli_init_args={"iterations": 2, "log_every_n_steps": 5},
+    ),
+    # Importance sampling (issue 7): refreshed every 2 batches, so that the resume run (crash at
+    # step 9) restores a mid-epoch distribution and the DDP run (2 batches per rank per epoch)
+    # refreshes from all-gathered scores. The regression RNN has no logits: score "loss".
+    "importance_sampling": TrickCase(
+        callbacks=lambda: [AdaptiveImportanceSampling(refresh_every=2, log_every_n_steps=1)],
+        backbone_callbacks=lambda backbone: [
+            AdaptiveImportanceSampling(
+                refresh_every=2,
+                score="loss" if backbone.startswith("sequence") else "logit_grad",
+                log_every_n_steps=1,
+            )
+        ],
+        build_with=AdaptiveImportanceSampling,
+        active_metric="importance/ess",
+        bad_arguments=[
+            ({"theta": 0.0}, "theta"),
+            ({"theta": 1.5}, "theta"),
+            ({"theta": float("nan")}, "theta"),
+            ({"theta": "big"}, "theta"),
+            ({"refresh_every": 0}, "refresh_every"),
+            ({"refresh_every": 2.5}, "refresh_every"),
+            ({"score": "gradient"}, "score"),
+            ({"initial_score": 0.0}, "initial_score"),
+            ({"seed": -1}, "seed"),
+            ({"grad_norm_chunk_size": 0}, "grad_norm_chunk_size"),
+            ({"log_every_n_steps": -1}, "log_every_n_steps"),
+        ],
+        cli_init_args={"theta": 0.5, "refresh_every": 10, "score": "loss", "seed": 3},
     ),
 }
 
