@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from collections.abc import Sized
+from typing import Any, NoReturn, cast
 
 import lightning.pytorch as pl
 import torch
@@ -199,11 +200,12 @@ class AdaptiveImportanceSampling(TrickCallback):
                 "sampler or an iterable dataset).",
                 "Build it with lightning_dnn_tricks.data.importance_dataloader(dataset, ...).",
             )
-        num_samples = len(loader.sampler) if hasattr(loader.sampler, "__len__") else None
-        size = len(loader.dataset)  # type: ignore[arg-type]
-        if self.sampler is None or self.sampler.num_examples != size:
+        sampler = loader.sampler
+        num_samples = len(sampler) if isinstance(sampler, Sized) else None
+        dataset = cast(Sized, loader.dataset)
+        if self.sampler is None or self.sampler.num_examples != len(dataset):
             self.sampler = importance_sampler(
-                loader.dataset,  # type: ignore[arg-type]
+                dataset,
                 loader.batch_size,
                 num_samples=num_samples,
                 seed=self.seed,
@@ -250,7 +252,8 @@ class AdaptiveImportanceSampling(TrickCallback):
         values = self._batch_scores(pl_module, batch)
         pairs = torch.stack([batch[INDEX_KEY].double(), values.double()], dim=1)
         if trainer.world_size > 1:
-            pairs = pl_module.all_gather(pairs)  # every rank's (index, score) pairs, rank order
+            # every rank's (index, score) pairs, in rank order
+            pairs = cast(torch.Tensor, pl_module.all_gather(pairs))
         pairs = pairs.reshape(-1, 2).cpu()
         assert self.scores is not None
         self.scores[pairs[:, 0].long()] = pairs[:, 1].float()

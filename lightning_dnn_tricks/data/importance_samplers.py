@@ -89,7 +89,9 @@ class AdaptiveImportanceSampler(Sampler[tuple[int, float]]):
         self.num_samples = self.num_examples if num_samples is None else num_samples
         self.seed = seed
         self.epoch = 0
-        self.probabilities = torch.full((self.num_examples,), 1.0 / self.num_examples).double()
+        self.probabilities = torch.full(
+            (self.num_examples,), 1.0 / self.num_examples, dtype=torch.float64
+        )
         self._generator = torch.Generator()
         self._draw_epoch = -1
         self._blocks_drawn = 0
@@ -114,6 +116,10 @@ class AdaptiveImportanceSampler(Sampler[tuple[int, float]]):
         Raises:
             ValueError: wrong shape, a negative or non-finite entry, or a zero sum.
         """
+        p = self._checked(probabilities)
+        self.probabilities = p / p.sum()
+
+    def _checked(self, probabilities: torch.Tensor) -> torch.Tensor:
         p = torch.as_tensor(probabilities).detach().to("cpu", torch.float64)
         if p.shape != (self.num_examples,):
             raise ValueError(
@@ -121,7 +127,7 @@ class AdaptiveImportanceSampler(Sampler[tuple[int, float]]):
             )
         if not bool(torch.isfinite(p).all()) or bool((p < 0).any()) or not p.sum() > 0:
             raise ValueError("`probabilities` must be finite, non-negative and not all zero.")
-        self.probabilities = p / p.sum()
+        return p
 
     def draw_block(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw one block: ``num_replicas * size`` indices; return this rank's slice and weights."""
@@ -160,7 +166,7 @@ class AdaptiveImportanceSampler(Sampler[tuple[int, float]]):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`: the next iteration of that epoch continues after it."""
-        self.set_probabilities(state_dict["probabilities"])
+        self.probabilities = self._checked(state_dict["probabilities"]).clone()  # exactly
         blocks = state_dict["blocks_drawn"]
         check_number("blocks_drawn", blocks, low=0, integer=True)
         # Nothing drawn yet in that epoch: a fresh iteration seeds itself.
@@ -217,6 +223,6 @@ class DistributedAdaptiveImportanceSampler(AdaptiveImportanceSampler, Distribute
         AdaptiveImportanceSampler.__init__(self, n, batch_size, per_rank, seed)
         self.num_replicas, self.rank = num_replicas, rank
         # The attributes of DistributedSampler, for code that reads them.
-        self.dataset = data_source
+        self.dataset = data_source  # type: ignore[assignment]
         self.shuffle, self.drop_last = True, False
         self.total_size = self.num_samples * num_replicas

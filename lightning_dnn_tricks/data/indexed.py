@@ -68,10 +68,10 @@ class IndexedDataset(Dataset[dict[str, Any]]):
     def __init__(self, dataset: Dataset[Any]) -> None:
         if not isinstance(dataset, Sized) or not hasattr(dataset, "__getitem__"):
             raise ValueError(f"`dataset` must be a map-style dataset with len, got {dataset!r}.")
-        self.dataset = dataset
+        self.dataset: Any = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self.dataset)
 
     def __getitem__(self, key: int | tuple[int, float]) -> dict[str, Any]:
         index, weight = key if isinstance(key, tuple) else (key, 1.0)
