@@ -59,6 +59,7 @@ from lightning_dnn_tricks import list_tricks
 from lightning_dnn_tricks.callbacks import (
     BNSR,
     AcceleratedIMP,
+    AdaptiveImportanceSampling,
     IterativeMagnitudePruning,
     NormGroup,
     NormLoss,
@@ -162,6 +163,13 @@ CASES: dict[str, OverheadCase] = {
                 )
             ]
         ),
+        max_ratio=1.10,
+    ),
+    # Adaptive importance sampling, default logit_grad score: the weighted loss, the scores from
+    # the logits and the per-batch score update (the sampler's draw and the collate run in data
+    # loading, outside the timed step).
+    "importance_sampling": OverheadCase(
+        build=lambda: TrickSetup(callbacks=[AdaptiveImportanceSampling(log_every_n_steps=0)]),
         max_ratio=1.10,
     ),
     "bnsr (compiled)": OverheadCase(
