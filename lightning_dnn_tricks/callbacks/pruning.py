@@ -19,6 +19,7 @@ from lightning_dnn_tricks.callbacks.base import TrickCallback
 from lightning_dnn_tricks.functional.pruning import (
     SCOPES,
     Scope,
+    apply_masks_,
     apply_masks_everywhere_,
     as_multipliers,
     magnitude_masks,
@@ -69,8 +70,11 @@ class IterativeMagnitudePruning(TrickCallback):
 
     All modes but ``"finetune"`` also clear the optimizer state. Masks hold on every step: masked
     gradients are zeroed in ``on_before_optimizer_step``, and an optimizer step post-hook re-zeroes
-    the masked weights and their momentum/moments. Masks, snapshots and the round position are in
-    the checkpoint, so a run resumed with ``ckpt_path`` continues the same round, same masks.
+    the masked weights. The masked momentum/moments are cleared whenever the masks change (each
+    round and at fit start; checkpoints hold them as zeros); with zero gradients and zero weights
+    they stay zero under SGD, momentum, Adam(W) and their weight decay, so they are not re-masked
+    every step. Masks, snapshots and the round position are in the checkpoint, so a run resumed
+    with ``ckpt_path`` continues the same round, same masks.
 
     Args:
         amount: fraction of the surviving selected weights pruned each round, in (0, 1).
@@ -323,7 +327,7 @@ class IterativeMagnitudePruning(TrickCallback):
             _rewind.set_learning_rates(trainer, self._finetune_lrs)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
-        apply_masks_everywhere_(self._params, self._multipliers, [optimizer])
+        apply_masks_(self._params, self._multipliers)  # the state was cleared with the masks
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch

@@ -166,6 +166,7 @@ class SGDG2(Optimizer):
         }
         self._check_group(dict(defaults))
         self._probe_hooks = ProbeHooks()
+        self._origin: dict[int, torch.Tensor] = {}
         super().__init__(params, defaults)
 
     @staticmethod
@@ -196,6 +197,8 @@ class SGDG2(Optimizer):
         super().__setstate__(state)
         if not hasattr(self, "_probe_hooks"):  # copies and unpickled optimizers start without
             self._probe_hooks = ProbeHooks()
+        if not hasattr(self, "_origin"):
+            self._origin = {}
 
     def register_probe_hook(
         self, context: Callable[[], AbstractContextManager[Any]]
@@ -226,7 +229,7 @@ class SGDG2(Optimizer):
             grads: list[torch.Tensor] = [p.grad for p in params]
             if group["weight_decay"]:
                 grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
-            origin = [p.detach().clone() for p in params]
+            origin = self._copies_of(params)
             torch._foreach_add_(params, grads, alpha=-group["lr"])  # the probe Y
             work.append((group, params, grads, origin))
         if not work:
@@ -255,6 +258,25 @@ class SGDG2(Optimizer):
                 p.grad = grad
         return loss
 
+    def _copies_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copies of ``params`` (``X``) in buffers reused from step to step (not state).
+
+        Allocating fresh parameter-sized tensors every step costs several times the copy itself
+        on CPU, so the buffers persist; they are scratch space, rewritten by every step.
+        """
+        copies = []
+        for p in params:
+            buffer = self._origin.get(id(p))
+            if buffer is None or (buffer.shape, buffer.dtype, buffer.device) != (
+                p.shape,
+                p.dtype,
+                p.device,
+            ):
+                buffer = self._origin[id(p)] = torch.empty_like(p)
+            copies.append(buffer)
+        torch._foreach_copy_(copies, params)
+        return copies
+
     @staticmethod
     def _update(
         group: dict[str, Any],
@@ -262,14 +284,15 @@ class SGDG2(Optimizer):
         grads: list[torch.Tensor],
         probe: list[torch.Tensor],
     ) -> None:
+        """Step ``params`` (at ``X``) from ``g`` and ``g~``; ``probe`` (``g~``) is overwritten."""
         h = float(group["lr"])
         if group["mode"] == "srk2":
             torch._foreach_add_(params, grads, alpha=-h / 2)
             torch._foreach_add_(params, probe, alpha=-h / 2)
             return
-        diff = list(torch._foreach_sub(grads, probe))
+        torch._foreach_sub_(probe, grads)  # g~ - g = -D, in place: no parameter-sized allocation
         h_new, h_opt = adapted_step(
-            h, _dot(diff, grads), _dot(diff, diff), group["beta"], group["tiny"]
+            h, -_dot(probe, grads), _dot(probe, probe), group["beta"], group["tiny"]
         )
         h_new = min(max(h_new, group["h_min"]), group["h_max"])
         torch._foreach_add_(params, grads, alpha=-h_new)

@@ -111,6 +111,33 @@ def test_rounds_reach_the_target_sparsity_and_masks_hold_with_momentum_and_decay
     assert "round 3/3" in caplog.text and "sparsity" in caplog.text
 
 
+class AdamWNet(TinyConvNet):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("net", [ScheduledNet, AdamWNet])
+def test_masked_optimizer_state_stays_zero_without_per_step_masking(net: type) -> None:
+    # "finetune" keeps the optimizer state across rounds: only the masking at each round change
+    # and the masked gradients keep the pruned entries' momentum / Adam moments at zero.
+    callback = IterativeMagnitudePruning(amount=0.5, rounds=2, epochs_per_round=2, rewind="finetune")
+    pl.seed_everything(0)
+    model = net()
+    trainer = pl.Trainer(max_epochs=callback.total_epochs, callbacks=[callback], **QUIET_TRAINER)
+    trainer.fit(model, tiny_loader())
+    _masked_entries_are_zero(callback, model)
+    params = dict(model.named_parameters())
+    checked = 0
+    for name, mask in callback.masks.items():
+        assert not mask.all(), name
+        for value in trainer.optimizers[0].state[params[name]].values():
+            if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                assert torch.all(value[~mask] == 0), name
+                assert torch.any(value[mask] != 0), name
+                checked += 1
+    assert checked == len(callback.masks) * (1 if net is ScheduledNet else 2)
+
+
 @pytest.mark.parametrize("rewind", ["init", "lr"])
 def test_rewind_to_init_and_lr_rewinding(rewind: str) -> None:
     probe = Probe()
