@@ -58,6 +58,14 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return float(torch.stack(parts).double().sum())
 
 
+def _step_from(
+    params: list[torch.Tensor], origin: list[torch.Tensor], grads: list[torch.Tensor], alpha: float
+) -> None:
+    """``params <- origin + alpha * grads`` in one pass per tensor (``torch.add(out=)``)."""
+    for p, x, g in zip(params, origin, grads, strict=True):
+        torch.add(x, g, alpha=alpha, out=p)
+
+
 def adapted_step(
     h: float, dot: float, d_norm_sq: float, beta: float, tiny: float
 ) -> tuple[float, float]:
@@ -252,8 +260,7 @@ class SGDG2(Optimizer):
             ]
             if group["weight_decay"]:
                 probe = list(torch._foreach_add(probe, params, alpha=group["weight_decay"]))
-            torch._foreach_copy_(params, origin)  # exactly X again
-            self._update(group, params, grads, probe)
+            self._update(group, params, origin, grads, probe)
             for p, grad in zip(params, saved, strict=True):
                 p.grad = grad
         return loss
@@ -281,13 +288,17 @@ class SGDG2(Optimizer):
     def _update(
         group: dict[str, Any],
         params: list[torch.Tensor],
+        origin: list[torch.Tensor],
         grads: list[torch.Tensor],
         probe: list[torch.Tensor],
     ) -> None:
-        """Step ``params`` (at ``X``) from ``g`` and ``g~``; ``probe`` (``g~``) is overwritten."""
+        """Set ``params`` (now at ``Y``) to the step from ``origin`` (``X``); ``probe`` (``g~``)
+        is overwritten. ``X - h g`` is written straight into the parameters (``out=``): one pass
+        where restoring ``X`` and then stepping take two, with the same rounding.
+        """
         h = float(group["lr"])
         if group["mode"] == "srk2":
-            torch._foreach_add_(params, grads, alpha=-h / 2)
+            _step_from(params, origin, grads, -h / 2)
             torch._foreach_add_(params, probe, alpha=-h / 2)
             return
         torch._foreach_sub_(probe, grads)  # g~ - g = -D, in place: no parameter-sized allocation
@@ -295,7 +306,7 @@ class SGDG2(Optimizer):
             h, -_dot(probe, grads), _dot(probe, probe), group["beta"], group["tiny"]
         )
         h_new = min(max(h_new, group["h_min"]), group["h_max"])
-        torch._foreach_add_(params, grads, alpha=-h_new)
+        _step_from(params, origin, grads, -h_new)
         group["lr"] = h_new
         group["last_h_opt"] = h_opt
 
