@@ -48,6 +48,7 @@ bench: install
 	$(PY) benchmarks/pruning_claim.py
 	$(PY) benchmarks/bnsr_skew_diagnosis.py
 	$(PY) benchmarks/weight_norm_supervision_claim.py
+	$(PY) benchmarks/weight_norm_supervision_overhead.py
 	$(PY) benchmarks/importance_sampling_claim.py
 
 clean:
