@@ -133,17 +133,10 @@ class SequenceModel(SupervisedModule):
         Classification predictions and targets are flattened over time steps:
         ``(B * T, C)`` and ``(B * T,)``.
         """
-        x, y = batch
-        out = self(x)
+        out, y, preds, target = self._predict(batch)
         if self.task == "regression":
-            if self.output_size == 1 and y.shape == out.shape[:-1]:
-                y = y.unsqueeze(-1)
-            self._check_target(y, out.shape)
             return F.mse_loss(out, y), out, y
-        self._check_target(y, out.shape[:-1])
-        logits = out.reshape(-1, self.output_size)
-        target = y.reshape(-1)
-        return F.cross_entropy(logits, target), logits, target
+        return F.cross_entropy(preds, target), preds, target
 
     def compute_example_losses(self, batch: Any) -> ExampleLosses:
         """Per-example losses of an ``(x, y)`` batch (mean over time steps and outputs).
@@ -151,19 +144,28 @@ class SequenceModel(SupervisedModule):
         Classification also returns the ``(B, [T,] C)`` logits and targets for the
         ``"logit_grad"`` score; regression has none (use the ``"loss"`` score).
         """
+        out, y, preds, target = self._predict(batch)
+        if self.task == "regression":
+            losses = F.mse_loss(out, y, reduction="none").flatten(1).mean(dim=1)
+            return ExampleLosses(losses, out, y)
+        losses = F.cross_entropy(preds, target, reduction="none").view(len(out), -1).mean(dim=1)
+        return ExampleLosses(losses, preds, target, out, y)
+
+    def _predict(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(outputs, targets)`` of an ``(x, y)`` batch, checked, and as the metric sees them.
+
+        Regression: the targets get the outputs' trailing axis when ``output_size`` is 1, and
+        the metric sees both as they are; classification: flattened over time steps.
+        """
         x, y = batch
         out = self(x)
         if self.task == "regression":
             if self.output_size == 1 and y.shape == out.shape[:-1]:
                 y = y.unsqueeze(-1)
             self._check_target(y, out.shape)
-            losses = F.mse_loss(out, y, reduction="none").flatten(1).mean(dim=1)
-            return ExampleLosses(losses, out, y)
+            return out, y, out, y
         self._check_target(y, out.shape[:-1])
-        logits = out.reshape(-1, self.output_size)
-        target = y.reshape(-1)
-        losses = F.cross_entropy(logits, target, reduction="none").view(len(out), -1).mean(dim=1)
-        return ExampleLosses(losses, logits, target, out, y)
+        return out, y, out.reshape(-1, self.output_size), y.reshape(-1)
 
     def _check_target(self, target: torch.Tensor, expected: torch.Size) -> None:
         if target.shape != expected:
