@@ -147,7 +147,10 @@ class SGDG2(Optimizer):
         the paper (the paper's body was not available); the public ``SGD_G2`` class, which never
         re-evaluates the gradient, is not followed. The clamp ``[h_min, h_max]`` and the L2
         ``weight_decay`` are our additions. Each step costs two forward/backward passes and one
-        device-to-host synchronisation per group (the new ``h`` is a Python float).
+        device-to-host synchronisation per group (the new ``h`` is a Python float). The copy of
+        ``X`` taken for the probe lives in a buffer kept between steps (one extra copy of the
+        parameters in memory, not part of ``state_dict``), because allocating it anew every step
+        costs more than the copy itself.
     """
 
     spec: ClassVar[TrickSpec] = SGDG2_SPEC
