@@ -120,7 +120,9 @@ class AdamWNet(TinyConvNet):
 def test_masked_optimizer_state_stays_zero_without_per_step_masking(net: type) -> None:
     # "finetune" keeps the optimizer state across rounds: only the masking at each round change
     # and the masked gradients keep the pruned entries' momentum / Adam moments at zero.
-    callback = IterativeMagnitudePruning(amount=0.5, rounds=2, epochs_per_round=2, rewind="finetune")
+    callback = IterativeMagnitudePruning(
+        amount=0.5, rounds=2, epochs_per_round=2, rewind="finetune"
+    )
     pl.seed_everything(0)
     model = net()
     trainer = pl.Trainer(max_epochs=callback.total_epochs, callbacks=[callback], **QUIET_TRAINER)
