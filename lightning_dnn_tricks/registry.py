@@ -15,6 +15,44 @@ Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 Strategy = Literal["single_device", "ddp"]
 TrickKind = Literal["callback", "optimizer", "data"]
 
+Effect = Literal[
+    "optimizer",
+    "writes_weights_at_train_end",
+    "averages_weights",
+    "masks_weights",
+    "edits_gradients_dense",
+    "bounds_spectral_norm",
+    "reparametrizes_weights",
+    "replaces_norm_layers",
+    "changes_data",
+    "changes_loss",
+    "rewinds_schedule",
+    "needs_every_epoch",
+    "stops_early",
+    "changes_accumulation",
+    "unfreezes_parameters",
+    "saves_checkpoints",
+]
+#: What each declared effect means (the docs' composition page lists this table).
+EFFECTS: dict[Effect, str] = {
+    "optimizer": "is the optimizer of the weights it trains",
+    "writes_weights_at_train_end": "writes other values into the weights when training ends",
+    "averages_weights": "keeps an average of the weights and swaps it in (validation, train end)",
+    "masks_weights": "holds pruned weights (and their optimizer state) at zero",
+    "edits_gradients_dense": "adds gradients that are dense (non-zero where a weight is zero)",
+    "bounds_spectral_norm": "bounds the spectral norm of the weights it supervises",
+    "reparametrizes_weights": "computes a layer's weight from a raw tensor in every forward pass",
+    "replaces_norm_layers": "replaces normalisation layers with its own modules",
+    "changes_data": "replaces the training sampler or the batches",
+    "changes_loss": "needs the module's loss in a form of its own (weighted per example)",
+    "rewinds_schedule": "restores the optimizer's hyperparameters and scheduler state",
+    "needs_every_epoch": "has a schedule that needs every epoch up to max_epochs",
+    "stops_early": "may end training before max_epochs",
+    "changes_accumulation": "changes accumulate_grad_batches during training",
+    "unfreezes_parameters": "unfreezes parameters and adds param groups during training",
+    "saves_checkpoints": "writes checkpoints",
+}
+
 ALL_PRECISIONS: tuple[Precision, ...] = ("32-true", "bf16-mixed", "16-mixed")
 ALL_STRATEGIES: tuple[Strategy, ...] = ("single_device", "ddp")
 
@@ -36,6 +74,9 @@ class Capabilities:
         torch_compile: works on a ``torch.compile``-d module.
         manual_optimization: works when ``automatic_optimization`` is ``False``.
         max_optimizers: the largest number of optimizers supported (``None``: any).
+        effects: what the trick does to state it shares with other callbacks (see
+            :data:`EFFECTS`); the composition rules of
+            :mod:`lightning_dnn_tricks.composition` are decided from these declarations.
     """
 
     needs_closure: bool = False
@@ -47,6 +88,13 @@ class Capabilities:
     torch_compile: bool = False
     manual_optimization: bool = False
     max_optimizers: int | None = None
+    effects: frozenset[Effect] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.effects) - set(EFFECTS)
+        if unknown:
+            raise ValueError(f"`effects` must be among {sorted(EFFECTS)}, got {sorted(unknown)}.")
+        object.__setattr__(self, "effects", frozenset(self.effects))
 
     def as_row(self) -> dict[str, str]:
         """The capabilities as short strings, one per column of the compatibility matrix."""

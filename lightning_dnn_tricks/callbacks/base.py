@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NoReturn
 
 import lightning.pytorch as pl
+import lightning.pytorch.callbacks as lightning_callbacks
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import (
     DDPStrategy,
@@ -13,6 +17,14 @@ from lightning.pytorch.strategies import (
     Strategy,
 )
 
+from lightning_dnn_tricks.callbacks._lightning import should_log
+from lightning_dnn_tricks.composition import (
+    BUILTIN_CALLBACKS,
+    Party,
+    builtin_party,
+    conflict,
+    trick_party,
+)
 from lightning_dnn_tricks.registry import TrickSpec
 from lightning_dnn_tricks.validation import TrickConfigurationError
 
@@ -36,15 +48,105 @@ class TrickCallback(Callback):
     """
 
     spec: ClassVar[TrickSpec]
+    #: Constructor arguments that say *what* an instance acts on (its layer selection). Two
+    #: instances in one Trainer differ in them, and ``state_key`` is built from them, so that each
+    #: instance gets its own state in a checkpoint.
+    identity_arguments: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def state_key(self) -> str:
+        """The checkpoint key of this instance's state: the class name, plus the identity
+        arguments that differ from their defaults (so two instances of one trick can share a
+        Trainer, and a checkpoint of the default configuration keeps the plain class name)."""
+        defaults = inspect.signature(type(self).__init__).parameters
+        differing = {}
+        for name in self.identity_arguments:
+            value = getattr(self, name)
+            default = defaults[name].default if name in defaults else inspect.Parameter.empty
+            if default is inspect.Parameter.empty or _normalised(value) != _normalised(default):
+                differing[name] = _describe(value)
+        if not differing:
+            return type(self).__qualname__
+        return self._generate_state_key(**differing)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Refuse a checkpoint that holds this trick's state under another identity only."""
+        saved = [
+            key
+            for key in checkpoint.get("callbacks", {})
+            if isinstance(key, str) and key.split("{", 1)[0] == type(self).__qualname__
+        ]
+        if saved and self.state_key not in saved:
+            self._refuse(
+                f"the checkpoint holds the state of {', '.join(saved)}, not of this instance "
+                f"({self.state_key}): its layer selection differs.",
+                "Resume with the same configuration of the trick as the checkpointed run.",
+            )
+
+    def log_metrics(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: Mapping[str, Any]
+    ) -> None:
+        """Log ``metrics`` for this step when the Trainer's ``log_every_n_steps`` says so.
+
+        The one logging rule of every trick (see
+        :func:`~lightning_dnn_tricks.callbacks._lightning.should_log`): compute a metric only
+        when :meth:`logging_now` is true, then pass it here.
+        """
+        if not should_log(trainer):
+            return
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=True, on_epoch=False)
+
+    def stepping_tensors(
+        self, optimizer: torch.optim.Optimizer, tensors: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Those of ``tensors`` that ``optimizer`` (the one stepping now) updates and trains.
+
+        A trick acts on the optimizer that is stepping (``on_before_optimizer_step`` receives
+        it), so that with several optimizers each tensor is edited once per its own step. The
+        ownership is cached until the optimizer's param groups change (``BackboneFinetuning``
+        adds groups while training); frozen tensors are left out at every call.
+        """
+        cache: dict[tuple[int, int, int], list[torch.Tensor]]
+        cache = self.__dict__.setdefault("_stepping_cache", {})
+        size = sum(len(group["params"]) for group in optimizer.param_groups)
+        key = (id(optimizer), id(tensors), size)
+        owned = cache.get(key)
+        if owned is None:
+            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            owned = cache[key] = [t for t in tensors if id(t) in ids]
+        return [t for t in owned if t.requires_grad]
+
+    @staticmethod
+    def logging_now(trainer: pl.Trainer) -> bool:
+        """Whether this step's metrics reach the loggers (the Trainer's ``log_every_n_steps``)."""
+        return should_log(trainer)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.check_trainer(trainer, pl_module)
+            self.check_company(trainer)
+
+    def check_company(self, trainer: pl.Trainer) -> None:
+        """Raise when another callback of the Trainer does not compose with this trick.
+
+        The rules are decided from declared effects (:mod:`lightning_dnn_tricks.composition`).
+        """
+        mine = trick_party(self.spec)
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            if other is self:
+                continue
+            party = callback_party(other)
+            message = None if party is None else conflict(mine, party)
+            if message is not None:
+                raise TrickConfigurationError(message)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check_optimizers(trainer)
 
-    def _refuse(self, conflict: str, fix: str) -> None:
+    def _refuse(self, conflict: str, fix: str) -> NoReturn:
         raise TrickConfigurationError(f"{type(self).__name__}: {conflict} {fix}")
 
     def check_trainer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -88,3 +190,38 @@ class TrickCallback(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         return None
+
+
+def _normalised(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_describe(v) for v in value) + "]"
+    if isinstance(value, type):
+        return value.__name__
+    return repr(value)
+
+
+def callback_party(callback: Callback) -> Party | None:
+    """The composition party of a callback: a trick, one of Lightning's declared callbacks, or
+    ``None`` for a callback that declares nothing."""
+    spec = getattr(callback, "spec", None)
+    if isinstance(callback, TrickCallback) or isinstance(spec, TrickSpec):
+        return trick_party(callback.spec)  # type: ignore[attr-defined]
+    for name in BUILTIN_CALLBACKS:
+        if isinstance(callback, _builtin_class(name)):
+            return builtin_party(name)
+    return None
+
+
+def _builtin_class(name: str) -> type:
+    if name == "EMAWeightAveraging":  # its base WeightAveraging averages the same way
+        name = "WeightAveraging"
+    cls: type = getattr(lightning_callbacks, name, _Absent)  # absent from older Lightning
+    return cls
+
+
+class _Absent:
+    """Stands for a Lightning callback class that the installed Lightning does not have."""

@@ -6,13 +6,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_dnn_tricks.callbacks._lightning import syncs_batchnorm
 from lightning_dnn_tricks.callbacks.surgery import SurgeryCallback
 from lightning_dnn_tricks.functional.bnsr import apply_bnsr, check_bnsr_arguments
 from lightning_dnn_tricks.nn.bnsr import BNSR_CLASSES
 from lightning_dnn_tricks.nn.bnsr_warps import WarpName
 from lightning_dnn_tricks.nn.surgery import SurgerySummary
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import check_number
 
 BNSR_SPEC = register_trick(
     TrickSpec(
@@ -26,6 +26,7 @@ BNSR_SPEC = register_trick(
             changes_structure=True,
             precisions=("32-true", "bf16-mixed"),
             manual_optimization=True,
+            effects=frozenset({"replaces_norm_layers"}),
         ),
         reconstruction=True,
         docs_page="methods/bnsr.md",
@@ -58,7 +59,6 @@ class BNSR(SurgeryCallback):
         newton_steps: Newton steps on ``lam`` toward zero batch skewness (``0`` to ``10``).
         include: regular expression on module names; only matching layers are replaced.
         exclude: regular expression on module names to leave out.
-        log_every_n_steps: how often to log ``bnsr/mean_exponent``; 0 disables logging.
         compiled: run each layer's normalisation through ``torch.compile``: the same maths as
             fused kernels, which more than halves BNSR's extra cost per step on CPU (see the
             method card). The first steps compile (about 20-60 s; a C++ compiler is needed on
@@ -83,6 +83,7 @@ class BNSR(SurgeryCallback):
     """
 
     spec = BNSR_SPEC
+    identity_arguments = ("include", "exclude")
     metric_name = "bnsr/mean_exponent"
 
     def __init__(
@@ -92,17 +93,14 @@ class BNSR(SurgeryCallback):
         newton_steps: int = 0,
         include: str | None = None,
         exclude: str | None = None,
-        log_every_n_steps: int = 50,
         compiled: bool = False,
     ) -> None:
         check_bnsr_arguments(warp, alpha, newton_steps, include, exclude, compiled)
-        check_number("log_every_n_steps", log_every_n_steps, low=0, integer=True)
         self.alpha = float(alpha)
         self.warp: WarpName = warp
         self.newton_steps = newton_steps
         self.include = include
         self.exclude = exclude
-        self.log_every_n_steps = log_every_n_steps
         self.compiled = compiled
 
     def apply(self, model: torch.nn.Module) -> SurgerySummary:
@@ -119,7 +117,7 @@ class BNSR(SurgeryCallback):
 
     def check_trainer(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().check_trainer(trainer, pl_module)
-        if getattr(trainer.strategy, "_layer_sync", None) is not None:
+        if syncs_batchnorm(trainer):
             self._refuse(
                 "sync_batchnorm=True would turn the BNSR layers into plain SyncBatchNorm layers "
                 "(the warp would be lost).",

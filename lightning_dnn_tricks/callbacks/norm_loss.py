@@ -16,7 +16,7 @@ from lightning_dnn_tricks.functional.norm_loss import (
     add_norm_loss_grad_,
     mean_abs_norm_deviation,
 )
-from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, check_pattern, select_layers
+from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, check_pattern, select_weights
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
 from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_number
 
@@ -50,8 +50,6 @@ class NormLoss(TrickCallback):
         include: regular expression on module names; only matching modules are regularised.
         exclude: regular expression on module names to leave out.
         exclude_classifier: leave the final classifier layer out.
-        log_every_n_steps: how often to log ``norm_loss/mean_abs_deviation``
-            (``mean_i |1 - ||w_i|| |``); 0 disables logging.
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -61,6 +59,15 @@ class NormLoss(TrickCallback):
         >>> from lightning_dnn_tricks.callbacks import NormLoss
         >>> trainer = pl.Trainer(callbacks=[NormLoss(strength=5e-3)], logger=False)
 
+    Logs ``norm_loss/mean_abs_deviation`` (``mean_i |1 - ||w_i|| |``) at the Trainer's
+    ``log_every_n_steps``.
+
+    In company: a weight behind a parametrisation (WeightAlign) or pruned by
+    ``torch.nn.utils.prune`` (Lightning's ``ModelPruning``) is regularised through its raw tensor
+    (:func:`~lightning_dnn_tricks.nn.selection.raw_weight`); a tied weight once; with several
+    optimizers each weight at its own optimizer's step. Two instances (two layer groups, two
+    strengths) share a Trainer when their selections do not overlap.
+
     Note:
         Biases and normalisation parameters are never regularised (only the weights of the selected
         layers). The constants (``strength`` default, the reduction) are our choices: the paper's
@@ -68,6 +75,7 @@ class NormLoss(TrickCallback):
     """
 
     spec = NORM_LOSS_SPEC
+    identity_arguments = ("layer_types", "include", "exclude", "exclude_classifier")
 
     def __init__(
         self,
@@ -77,13 +85,11 @@ class NormLoss(TrickCallback):
         include: str | None = None,
         exclude: str | None = None,
         exclude_classifier: bool = False,
-        log_every_n_steps: int = 50,
     ) -> None:
         check_number("strength", strength, low=0.0, low_inclusive=False)
         check_choice("reduction", reduction, REDUCTIONS)
         check_pattern("include", include)
         check_pattern("exclude", exclude)
-        check_number("log_every_n_steps", log_every_n_steps, low=0, integer=True)
         if not layer_types or not all(
             isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types
         ):
@@ -97,24 +103,14 @@ class NormLoss(TrickCallback):
         self.include = include
         self.exclude = exclude
         self.exclude_classifier = exclude_classifier
-        self.log_every_n_steps = log_every_n_steps
         self._weights: list[nn.Parameter] = []
 
     def select_weights(self, model: nn.Module) -> list[nn.Parameter]:
-        """The weights this callback regularises in ``model`` (trainable, dim >= 2)."""
-        layers = select_layers(
-            model,
-            types=self.layer_types,
-            include=self.include,
-            exclude=self.exclude,
-            exclude_classifier=self.exclude_classifier,
+        """The weights this callback regularises in ``model`` (dim >= 2, raw tensors)."""
+        selected = select_weights(
+            model, self.layer_types, self.include, self.exclude, self.exclude_classifier
         )
-        weights = []
-        for layer in layers:
-            weight = getattr(layer.module, "weight", None)
-            if isinstance(weight, nn.Parameter) and weight.requires_grad and weight.dim() >= 2:
-                weights.append(weight)
-        return weights
+        return [weight.tensor for weight in selected]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -126,7 +122,21 @@ class NormLoss(TrickCallback):
                 TrickWarning,
                 stacklevel=2,
             )
+        self._refuse_overlap(trainer)
         self._warn_on_weight_decay(trainer)
+
+    def _refuse_overlap(self, trainer: pl.Trainer) -> None:
+        mine = {id(w) for w in self._weights}
+        for other in trainer.callbacks:  # type: ignore[attr-defined]
+            if other is self or not isinstance(other, NormLoss) or not other._weights:
+                continue
+            shared = sum(id(w) in mine for w in other._weights)
+            if shared:
+                self._refuse(
+                    f"{shared} weights are also regularised by {other.state_key}, so their Norm "
+                    "Loss gradient would be added twice.",
+                    "Give the instances disjoint selections (`include`/`exclude`/`layer_types`).",
+                )
 
     def _warn_on_weight_decay(self, trainer: pl.Trainer) -> None:
         regularised = {id(w) for w in self._weights}
@@ -147,14 +157,10 @@ class NormLoss(TrickCallback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if not self._weights:
+        weights = self.stepping_tensors(optimizer, self._weights)
+        if not weights:
             return
-        norms = add_norm_loss_grad_(self._weights, self.strength, self.reduction)
-        every = self.log_every_n_steps
-        if every and trainer.global_step % every == 0:
-            pl_module.log(
-                "norm_loss/mean_abs_deviation",
-                mean_abs_norm_deviation(norms),
-                on_step=True,
-                on_epoch=False,
-            )
+        norms = add_norm_loss_grad_(weights, self.strength, self.reduction)
+        if self.logging_now(trainer):
+            deviation = mean_abs_norm_deviation(norms)
+            self.log_metrics(trainer, pl_module, {"norm_loss/mean_abs_deviation": deviation})

@@ -35,7 +35,10 @@ from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_nu
 Rewind = Literal["lr", "weights", "init", "finetune"]
 REWINDS: tuple[Rewind, ...] = ("lr", "weights", "init", "finetune")
 
-PRUNING_CAPABILITIES = Capabilities(max_optimizers=1)
+PRUNING_CAPABILITIES = Capabilities(
+    max_optimizers=1,
+    effects=frozenset({"masks_weights", "rewinds_schedule", "needs_every_epoch"}),
+)
 
 IMP_SPEC = register_trick(
     TrickSpec(

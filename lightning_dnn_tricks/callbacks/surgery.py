@@ -20,12 +20,11 @@ class SurgeryCallback(TrickCallback):
     checkpoints restore into the changed model. Subclasses implement :meth:`apply` (idempotent:
     a second ``setup``, e.g. ``validate`` after ``fit``, changes nothing more) and
     :meth:`monitored`; the summary is printed on rank zero the first time something changed, and
-    the mean of the monitored tensors is logged as ``metric_name`` every ``log_every_n_steps``
-    optimizer steps (0: never).
+    the mean of the monitored tensors is logged as ``metric_name`` at the Trainer's
+    ``log_every_n_steps``.
     """
 
     metric_name: ClassVar[str]
-    log_every_n_steps: int
     summary: SurgerySummary | None = None
     _monitored: list[Tensor]
 
@@ -54,9 +53,8 @@ class SurgeryCallback(TrickCallback):
         batch_idx: int,
     ) -> None:
         tensors = getattr(self, "_monitored", [])
-        every = self.log_every_n_steps
-        if not tensors or not every or trainer.global_step % every:
+        if not tensors or not self.logging_now(trainer):
             return
         with torch.no_grad():
             mean = torch.cat([t.detach().flatten().float() for t in tensors]).mean()
-        pl_module.log(self.metric_name, mean, on_step=True, on_epoch=False)
+        self.log_metrics(trainer, pl_module, {self.metric_name: mean})

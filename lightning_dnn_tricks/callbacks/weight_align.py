@@ -20,7 +20,6 @@ from lightning_dnn_tricks.nn.weight_align import (
     WeightAlignParametrization,
 )
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import check_number
 
 WEIGHT_ALIGN_SPEC = register_trick(
     TrickSpec(
@@ -34,6 +33,7 @@ WEIGHT_ALIGN_SPEC = register_trick(
             changes_structure=True,
             precisions=("32-true", "bf16-mixed"),
             manual_optimization=True,
+            effects=frozenset({"reparametrizes_weights"}),
         ),
         docs_page="methods/weight_align.md",
     )
@@ -66,7 +66,6 @@ class WeightAlign(SurgeryCallback):
         exclude_classifier: leave the model's final classifier alone.
         include: regular expression on module names; only matching modules are aligned.
         exclude: regular expression on module names to leave out.
-        log_every_n_steps: how often to log ``weight_align/mean_gain``; 0 disables logging.
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -85,6 +84,7 @@ class WeightAlign(SurgeryCallback):
     """
 
     spec = WEIGHT_ALIGN_SPEC
+    identity_arguments = ("layer_types", "include_linear", "exclude_classifier", "include", "exclude")
     metric_name = "weight_align/mean_gain"
 
     def __init__(
@@ -96,10 +96,8 @@ class WeightAlign(SurgeryCallback):
         exclude_classifier: bool = True,
         include: str | None = None,
         exclude: str | None = None,
-        log_every_n_steps: int = 50,
     ) -> None:
         check_weight_align_arguments(layer_types, include, exclude, gain, eps)
-        check_number("log_every_n_steps", log_every_n_steps, low=0, integer=True)
         self.gain = float(gain)
         self.eps = float(eps)
         self.layer_types = tuple(layer_types)
@@ -107,7 +105,6 @@ class WeightAlign(SurgeryCallback):
         self.exclude_classifier = exclude_classifier
         self.include = include
         self.exclude = exclude
-        self.log_every_n_steps = log_every_n_steps
 
     def apply(self, model: nn.Module) -> SurgerySummary:
         """Align ``model`` in place with this callback's settings (idempotent)."""

@@ -37,7 +37,10 @@ WEIGHT_NORM_SUPERVISION_SPEC = register_trick(
         summary="Bound the spectral norms of recurrent, feedforward and feedback weights per group "
         "(penalty or projection) to keep recurrent and predictive coding networks stable.",
         paper="Guo, Weight Norm Supervision, ICPR 2020",
-        capabilities=Capabilities(manual_optimization=True),
+        capabilities=Capabilities(
+            manual_optimization=True,
+            effects=frozenset({"bounds_spectral_norm", "edits_gradients_dense"}),
+        ),
         reconstruction=True,
         docs_page="methods/weight_norm_supervision.md",
     )

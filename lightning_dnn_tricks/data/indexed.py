@@ -16,13 +16,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    SequentialSampler,
+    default_collate,
+)
 
 from lightning_dnn_tricks.data._seeding import seeded_generator
 from lightning_dnn_tricks.data.importance_samplers import (
     AdaptiveImportanceSampler,
     DistributedAdaptiveImportanceSampler,
 )
+from lightning_dnn_tricks.data.samplers import EpochSeededRandomSampler
 from lightning_dnn_tricks.functional.importance_sampling import (
     EXAMPLE_KEY,
     INDEX_KEY,
@@ -41,6 +50,16 @@ _LOADER_SETTINGS = (
     "multiprocessing_context",
     "persistent_workers",
     "pin_memory_device",
+)
+
+#: The samplers of a plain ``DataLoader`` (``shuffle=False``/``True``, the library's datamodules'
+#: epoch-seeded shuffle) and Lightning's DDP replacement of them: uniform orders, the only ones an
+#: importance sampler may replace. Matched by exact type: a subclass may draw in a way of its own.
+PLAIN_SAMPLERS: tuple[type, ...] = (
+    SequentialSampler,
+    RandomSampler,
+    DistributedSampler,
+    EpochSeededRandomSampler,
 )
 
 
@@ -102,6 +121,88 @@ class ImportanceCollate:
             WEIGHT_KEY: torch.tensor([item[WEIGHT_KEY] for item in items], dtype=torch.float32),
             RECORD_KEY: record,
         }
+
+
+def find_importance_sampler(loader: DataLoader[Any]) -> AdaptiveImportanceSampler | None:
+    """The importance sampler of ``loader`` (its sampler or its batch sampler's), if any."""
+    for candidate in (loader.sampler, getattr(loader.batch_sampler, "sampler", None)):
+        if isinstance(candidate, AdaptiveImportanceSampler):
+            return candidate
+    return None
+
+
+def custom_sampling(loader: DataLoader[Any]) -> tuple[str, Any] | None:
+    """What of ``loader`` chooses the examples in a way of its own, or ``None`` for a plain loader.
+
+    Returns ``("batch_sampler", b)`` for a batch sampler that is not torch's ``BatchSampler``
+    and ``("sampler", s)`` for a sampler (of the loader or of its ``BatchSampler``) that is not
+    one of :data:`PLAIN_SAMPLERS`, e.g. a ``WeightedRandomSampler`` or a ``SubsetRandomSampler``.
+
+    Examples:
+        >>> import torch
+        >>> data = torch.arange(4.0)
+        >>> custom_sampling(DataLoader(data, batch_size=2, shuffle=True)) is None
+        True
+        >>> weighted = torch.utils.data.WeightedRandomSampler([1.0, 1, 1, 5], num_samples=4)
+        >>> custom_sampling(DataLoader(data, batch_size=2, sampler=weighted))[0]
+        'sampler'
+    """
+    batch_sampler = loader.batch_sampler
+    if batch_sampler is not None and type(batch_sampler) is not BatchSampler:
+        return "batch_sampler", batch_sampler
+    for sampler in (loader.sampler, getattr(batch_sampler, "sampler", None)):
+        if sampler is not None and type(sampler) not in PLAIN_SAMPLERS:
+            return "sampler", sampler
+    return None
+
+
+_BUILD_IT = "Build it with lightning_dnn_tricks.data.importance_dataloader(dataset, ...)"
+
+
+def rebuild_problem(loader: DataLoader[Any]) -> tuple[str, str] | None:
+    """Why ``loader`` cannot be rebuilt around an importance sampler, as ``(conflict, fix)``.
+
+    ``None`` for a plain loader: a map-style dataset with ``len``, a ``batch_size``, one of
+    :data:`PLAIN_SAMPLERS` and no importance batches yet. A sampler or batch sampler of the
+    loader's own (:func:`custom_sampling`) is a problem: the rebuild would drop it silently.
+    """
+    if isinstance(loader.dataset, IndexedDataset) or isinstance(
+        loader.collate_fn, ImportanceCollate
+    ):
+        return (
+            "the training loader builds importance batches but does not draw with an "
+            "AdaptiveImportanceSampler (under DDP: was it built before the process group "
+            "existed, outside train_dataloader?).",
+            f"{_BUILD_IT} inside train_dataloader, or return a plain DataLoader.",
+        )
+    custom = custom_sampling(loader)
+    if custom is not None:
+        role, sampler = custom
+        name = type(sampler).__name__
+        if isinstance(sampler, DistributedSampler):
+            name += (
+                " (under DDP, Lightning wraps a loader's own sampler, any but SequentialSampler "
+                "and RandomSampler, in DistributedSamplerWrapper)"
+            )
+        return (
+            f"the training loader's {role} is {name}, which rebuilding the loader around the "
+            "importance sampler would drop: importance sampling draws from its own "
+            "distribution p_i and weights each loss by 1/(n p_i), and the two draws would not "
+            "compose into an unbiased gradient.",
+            "Remove the sampler (a plain or shuffled DataLoader is rebuilt by the callback). If "
+            "its weights re-weight the objective (e.g. class balance), multiply the per-example "
+            "losses by them before importance_weighted_mean instead; to start the draws from "
+            "them, build the loader with lightning_dnn_tricks.data.importance_dataloader("
+            "dataset, batch_size, sampler=s) after s.set_probabilities(weights) (the scores "
+            "then start at initial_score and adapt).",
+        )
+    if loader.batch_size is None or not isinstance(loader.dataset, Sized):
+        return (
+            "the training loader has no batch_size or its dataset no len (batch_size=None or "
+            "an iterable dataset).",
+            f"{_BUILD_IT}.",
+        )
+    return None
 
 
 def importance_sampler(

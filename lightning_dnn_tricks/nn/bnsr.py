@@ -12,7 +12,9 @@ training mode, per channel::
 and ``running_lam`` averages ``lam`` with BatchNorm's update rule (``momentum``, or the cumulative
 average when ``momentum=None``). In eval mode every statistic comes from the running averages, so
 the output is deterministic. Statistics are computed in float32 (or wider) under mixed precision.
-The maths is in :mod:`lightning_dnn_tricks.functional.bnsr`.
+The warp maths is in :mod:`lightning_dnn_tricks.nn.bnsr_warps`;
+:func:`~lightning_dnn_tricks.functional.apply_bnsr` puts these layers into a model (this module
+never imports :mod:`lightning_dnn_tricks.functional`).
 """
 
 from __future__ import annotations

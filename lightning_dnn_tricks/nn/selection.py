@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -100,3 +101,71 @@ def check_pattern(argument: str, pattern: str | None) -> None:
         raise ValueError(
             f"`{argument}` must be a valid regular expression, got {pattern!r}: {error}."
         ) from None
+
+
+@dataclass(frozen=True)
+class SelectedWeight:
+    """One selected weight: the trainable tensor behind a layer's ``weight``.
+
+    Attributes:
+        name: the tensor's qualified name in the model's ``state_dict``.
+        tensor: the parameter itself (the raw tensor when the weight is computed from one).
+        module: the layer that owns the weight.
+        computed: the layer computes its ``weight`` from ``tensor`` in each forward pass (a
+            ``torch.nn.utils.parametrize`` parametrisation such as WeightAlign's, or
+            ``torch.nn.utils.prune``'s ``weight_orig * weight_mask``).
+    """
+
+    name: str
+    tensor: nn.Parameter
+    module: nn.Module
+    computed: bool
+
+
+def raw_weight(module: nn.Module) -> tuple[str, nn.Parameter, bool] | None:
+    """The trainable tensor behind ``module.weight``: ``(attribute path, tensor, computed)``.
+
+    The rule, written down once for every trick: a parametrised weight
+    (``parametrize.register_parametrization``, e.g. WeightAlign) is its
+    ``parametrizations.weight.original``; a weight pruned with ``torch.nn.utils.prune`` (e.g.
+    Lightning's ``ModelPruning``) is its ``weight_orig``; otherwise the ``weight`` parameter.
+    ``None`` when the module has no such parameter.
+    """
+    if parametrize.is_parametrized(module, "weight"):
+        original = module.parametrizations.weight.original  # type: ignore[union-attr]
+        if isinstance(original, nn.Parameter):
+            return "parametrizations.weight.original", original, True
+        return None
+    pruned = module._parameters.get("weight_orig")
+    if isinstance(pruned, nn.Parameter):
+        return "weight_orig", pruned, True
+    weight = module._parameters.get("weight")
+    return ("weight", weight, False) if isinstance(weight, nn.Parameter) else None
+
+
+def select_weights(
+    model: nn.Module,
+    types: Sequence[type[nn.Module]] = WEIGHT_LAYER_TYPES,
+    include: str | None = None,
+    exclude: str | None = None,
+    exclude_classifier: bool = False,
+) -> list[SelectedWeight]:
+    """The weights (dim >= 2) of the layers :func:`select_layers` picks, by :func:`raw_weight`.
+
+    A tensor shared by several layers (tied weights) appears once, under its first name. Frozen
+    tensors are selected too (a trick skips a tensor without a gradient at each step), so that a
+    backbone unfrozen later in training (``BackboneFinetuning``) is covered.
+    """
+    selected: list[SelectedWeight] = []
+    seen: set[int] = set()
+    for layer in select_layers(model, types, include, exclude, exclude_classifier):
+        found = raw_weight(layer.module)
+        if found is None:
+            continue
+        path, tensor, computed = found
+        if tensor.dim() < 2 or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        name = f"{layer.name}.{path}" if layer.name else path
+        selected.append(SelectedWeight(name, tensor, layer.module, computed))
+    return selected

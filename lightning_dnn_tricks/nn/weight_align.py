@@ -186,12 +186,17 @@ class WeightAlignParametrization(nn.Module):
 def weight_align_parametrization(
     module: nn.Module, gain: float = DEFAULT_GAIN, eps: float = DEFAULT_EPS
 ) -> WeightAlignParametrization:
-    """A :class:`WeightAlignParametrization` sized for ``module.weight`` (its device and dtype)."""
+    """A :class:`WeightAlignParametrization` sized for ``module.weight`` (its device and dtype).
+
+    The gain of a frozen weight (``requires_grad=False``) is frozen too.
+    """
     weight = module.weight
     assert isinstance(weight, Tensor)
-    return WeightAlignParametrization(
+    parametrization = WeightAlignParametrization(
         weight.shape[0], gain, eps, device=weight.device, dtype=weight.dtype
     )
+    parametrization.gain.requires_grad_(weight.requires_grad)
+    return parametrization
 
 
 def is_weight_aligned(module: nn.Module) -> bool:

@@ -27,7 +27,7 @@ FRANK_WOLFE_SPEC = register_trick(
         paper="Yue et al., RNN Training along Locally Optimal Trajectories via Frank-Wolfe, "
         "ICPR 2020 (arXiv 2010.05397)",
         # One gradient per step and no closure: every precision and accumulation work.
-        capabilities=Capabilities(),
+        capabilities=Capabilities(effects=frozenset({"writes_weights_at_train_end"})),
         docs_page="methods/frank_wolfe.md",
     )
 )

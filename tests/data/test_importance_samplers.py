@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 from scipy.stats import chisquare
-from torch.utils.data import TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    SequentialSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 from lightning_dnn_tricks.data import (
     AdaptiveImportanceSampler,
     DistributedAdaptiveImportanceSampler,
+    EpochSeededRandomSampler,
     IndexedDataset,
     importance_dataloader,
     importance_sampler,
+)
+from lightning_dnn_tricks.data.indexed import (
+    custom_sampling,
+    find_importance_sampler,
+    rebuild_problem,
 )
 from lightning_dnn_tricks.functional import importance_probabilities
 
@@ -160,3 +174,47 @@ def test_indexed_dataset_and_loader_build_importance_batches() -> None:
     assert batch["weight"].dtype == torch.float32
     assert batch["record"].shape == (4, 3) and batch["record"][:, 0].eq(0).all()
     assert torch.isnan(batch["record"][:, 1:]).all()
+
+
+def test_custom_sampling_tells_plain_loaders_from_the_users_own_sampling() -> None:
+    data = TensorDataset(torch.arange(8.0), torch.arange(8))
+    plain = [
+        DataLoader(data, batch_size=2),
+        DataLoader(data, batch_size=2, shuffle=True),
+        DataLoader(data, batch_size=2, sampler=EpochSeededRandomSampler(data, seed=0)),
+        # what Lightning puts in place of a plain sampler under DDP
+        DataLoader(data, batch_size=2, sampler=DistributedSampler(data, num_replicas=2, rank=0)),
+    ]
+    for loader in plain:
+        assert custom_sampling(loader) is None and rebuild_problem(loader) is None
+    weighted = WeightedRandomSampler([1.0] * 8, 8)
+    assert custom_sampling(DataLoader(data, batch_size=2, sampler=weighted)) == (
+        "sampler",
+        weighted,
+    )
+    batches = BatchSampler(SequentialSampler(data), 2, drop_last=False)
+    custom_batches = type("MyBatches", (BatchSampler,), {})(SequentialSampler(data), 2, False)
+    assert custom_sampling(DataLoader(data, batch_sampler=batches)) is None
+    assert custom_sampling(DataLoader(data, batch_sampler=custom_batches))[0] == "batch_sampler"  # type: ignore[index]
+
+
+def test_lightnings_ddp_wrapper_of_a_custom_sampler_is_refused() -> None:
+    """Under DDP Lightning wraps any sampler but Sequential/RandomSampler in a wrapper."""
+    data = TensorDataset(torch.arange(8.0), torch.arange(8))
+    wrapped = DistributedSamplerWrapper(WeightedRandomSampler([1.0] * 8, 8), num_replicas=2, rank=0)
+    problem = rebuild_problem(DataLoader(data, batch_size=2, sampler=wrapped))
+    assert problem is not None
+    conflict, fix = problem
+    assert "DistributedSamplerWrapper" in conflict and "under DDP, Lightning wraps" in conflict
+    assert "Remove the sampler" in fix and "importance_dataloader" in fix
+
+
+def test_rebuild_problem_of_unbatched_and_already_indexed_loaders() -> None:
+    data = TensorDataset(torch.arange(8.0), torch.arange(8))
+    conflict, _ = rebuild_problem(DataLoader(data, batch_size=None)) or ("", "")
+    assert "no batch_size" in conflict
+    conflict, _ = rebuild_problem(DataLoader(IndexedDataset(data), batch_size=2)) or ("", "")
+    assert "builds importance batches" in conflict
+    loader = importance_dataloader(data, batch_size=2)
+    assert find_importance_sampler(loader) is loader.sampler
+    assert find_importance_sampler(DataLoader(data, batch_size=2)) is None
