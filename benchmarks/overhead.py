@@ -150,7 +150,7 @@ CASES: dict[str, OverheadCase] = {
         build=lambda: TrickSetup(callbacks=[WeightAlign()]), max_ratio=1.15
     ),
     "bnsr": OverheadCase(
-        build=lambda: TrickSetup(callbacks=[BNSR(log_every_n_steps=0)]), max_ratio=1.20
+        build=lambda: TrickSetup(callbacks=[BNSR()]), max_ratio=1.20
     ),
     # Every conv/linear weight projected (the default mode): 1 power iteration per step through
     # each conv operator on its input shape, after the optimizer step (a step post-hook, so the
@@ -159,7 +159,7 @@ CASES: dict[str, OverheadCase] = {
         build=lambda: TrickSetup(
             callbacks=[
                 WeightNormSupervision(
-                    groups=[NormGroup("all", bound=1.0, mode="project")], log_every_n_steps=0
+                    groups=[NormGroup("all", bound=1.0, mode="project")]
                 )
             ]
         ),
@@ -169,11 +169,11 @@ CASES: dict[str, OverheadCase] = {
     # the logits and the per-batch score update (the sampler's draw and the collate run in data
     # loading, outside the timed step).
     "importance_sampling": OverheadCase(
-        build=lambda: TrickSetup(callbacks=[AdaptiveImportanceSampling(log_every_n_steps=0)]),
+        build=lambda: TrickSetup(callbacks=[AdaptiveImportanceSampling()]),
         max_ratio=1.10,
     ),
     "bnsr (compiled)": OverheadCase(
-        build=lambda: TrickSetup(callbacks=[BNSR(log_every_n_steps=0, compiled=True)]),
+        build=lambda: TrickSetup(callbacks=[BNSR(compiled=True)]),
         max_ratio=1.20,
     ),
 }

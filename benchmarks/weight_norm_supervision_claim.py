@@ -110,7 +110,7 @@ def pcn_arms(args: argparse.Namespace) -> dict[str, tuple[float, float] | None]:
 
 
 def wns_callback(groups: list[NormGroup]) -> WeightNormSupervision:
-    return WeightNormSupervision(groups=groups, iterations=1, log_every_n_steps=0)
+    return WeightNormSupervision(groups=groups, iterations=1)
 
 
 # --------------------------------------------------------------------------- PCN

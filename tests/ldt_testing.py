@@ -16,6 +16,7 @@ QUIET_TRAINER: dict[str, Any] = {
     "enable_checkpointing": False,
     "enable_progress_bar": False,
     "enable_model_summary": False,
+    "log_every_n_steps": 1,
 }
 
 

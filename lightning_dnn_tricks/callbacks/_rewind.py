@@ -11,7 +11,8 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_dnn_tricks.nn.selection import select_layers
+from lightning_dnn_tricks.functional.pruning import with_wrapped_optimizers
+from lightning_dnn_tricks.nn.selection import select_weights as select_raw_weights
 
 
 def model_snapshot(pl_module: pl.LightningModule) -> dict[str, torch.Tensor]:
@@ -44,7 +45,8 @@ def restore_schedule(trainer: pl.Trainer, snapshot: dict[str, Any]) -> None:
 def reset_optimizer_state(trainer: pl.Trainer) -> None:
     """Forget every optimizer's state (momentum buffers, Adam moments, step counts)."""
     for optimizer in trainer.optimizers:
-        optimizer.state.clear()
+        for inner in with_wrapped_optimizers(optimizer):
+            inner.state.clear()
 
 
 def learning_rates(trainer: pl.Trainer) -> list[list[float]]:
@@ -85,15 +87,10 @@ def select_weights(
     exclude: str | None,
     exclude_classifier: bool,
 ) -> tuple[list[str], list[nn.Parameter]]:
-    """Qualified names and tensors of the trainable ``weight`` (dim >= 2) of the selected layers."""
-    layers = select_layers(model, layer_types, include, exclude, exclude_classifier)
-    names, params = [], []
-    for layer in layers:
-        weight = getattr(layer.module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.requires_grad and weight.dim() >= 2:
-            names.append(f"{layer.name}.weight" if layer.name else "weight")
-            params.append(weight)
-    return names, params
+    """Qualified names and tensors of the weights (dim >= 2) of the selected layers, by the rule
+    of :func:`~lightning_dnn_tricks.nn.selection.raw_weight` (tied weights once)."""
+    selected = select_raw_weights(model, layer_types, include, exclude, exclude_classifier)
+    return [w.name for w in selected], [w.tensor for w in selected]
 
 
 def record_metric(trainer: pl.Trainer, monitor: str, entry: dict[str, Any]) -> None:

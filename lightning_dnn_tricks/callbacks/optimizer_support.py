@@ -14,7 +14,13 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 
+from lightning_dnn_tricks.callbacks._lightning import (
+    AverageUpdateHook,
+    averaging_callbacks,
+    should_log,
+)
 from lightning_dnn_tricks.callbacks.base import TrickCallback
+from lightning_dnn_tricks.composition import conflict, trick_party
 from lightning_dnn_tricks.optim import SGDG2, FrankWolfe, preserve_buffers
 from lightning_dnn_tricks.registry import Capabilities
 from lightning_dnn_tricks.validation import TrickConfigurationError
@@ -114,6 +120,8 @@ class OptimizerSupport(Callback):
         self._closure_optimizers: list[SGDG2] = []
         self._validating: list[FrankWolfe] = []
         self._names: dict[int, str] = {}
+        self._average_hooks: list[AverageUpdateHook] = []
+        self._averaging: list[FrankWolfe] = []
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
@@ -132,6 +140,17 @@ class OptimizerSupport(Callback):
             else:
                 self._frank_wolfe.append(optimizer)
         if self._frank_wolfe:
+            # Averaged weights (EMA, SWA) are averages of the anchors, and the anchors are put in
+            # before an average is copied into the model, so nothing writes over the average.
+            self._average_hooks = [
+                AverageUpdateHook(
+                    callback,
+                    before_update=lambda _: self._swap_for_average(),
+                    after_update=lambda _, __: self._restore_after_average(),
+                    before_transfer=lambda _: self._swap_for_transfer(),
+                )
+                for callback in averaging_callbacks(trainer)
+            ]
             self._names = {id(v): k for k, v in pl_module.state_dict(keep_vars=True).items()}
             register = getattr(pl_module, "register_state_dict_post_hook", None)
             if register is None:  # torch < 2.5: the same hook under its older, private name
@@ -158,7 +177,16 @@ class OptimizerSupport(Callback):
                 "micro-batch and add it to the accumulated gradient. Set "
                 "accumulate_grad_batches=1 and raise the batch size instead."
             )
-        _capability_checker(optimizer).check_trainer(trainer, pl_module)
+        checker = _capability_checker(optimizer)
+        checker.check_trainer(trainer, pl_module)
+        if hasattr(trainer, "callbacks"):
+            checker.check_company(trainer)
+        ours = [o for o in map(_unwrap, getattr(trainer, "optimizers", [])) if isinstance(o, _OURS)]
+        if len(ours) > 1:
+            first, second = (type(o).spec for o in ours[:2])
+            message = conflict(trick_party(first), trick_party(second))
+            if message is not None:
+                raise TrickConfigurationError(message)
 
     @contextlib.contextmanager
     def _probe(self, pl_module: pl.LightningModule) -> Iterator[None]:
@@ -175,6 +203,17 @@ class OptimizerSupport(Callback):
         for fw in swapped:
             fw.swap_to_anchor()
         return swapped
+
+    def _swap_for_transfer(self) -> None:
+        self._swap_all()
+
+    def _swap_for_average(self) -> None:
+        self._averaging = self._swap_all()
+
+    def _restore_after_average(self) -> None:
+        for fw in self._averaging:
+            fw.restore_position()
+        self._averaging = []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -228,9 +267,10 @@ class OptimizerSupport(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        self._log(pl_module)
+        if should_log(trainer):
+            self._log(trainer, pl_module)
 
-    def _log(self, pl_module: pl.LightningModule) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log ``sgdg2/lr`` (the adapted step size) or ``frank_wolfe/inner_step`` (last t)."""
         for optimizer in self._closure_optimizers:
             group = optimizer.param_groups[0]
@@ -249,6 +289,9 @@ class OptimizerSupport(Callback):
     def _release(self) -> None:
         for handle in self._handles:
             handle.remove()
+        for hook in self._average_hooks:
+            hook.remove()
+        self._average_hooks, self._averaging = [], []
         self._handles, self._frank_wolfe, self._closure_optimizers = [], [], []
         self._validating, self._names = [], {}
 

@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_dnn_tricks.callbacks import _rewind
-from lightning_dnn_tricks.callbacks.base import TrickCallback
+from lightning_dnn_tricks.callbacks._lightning import (
+    AverageUpdateHook,
+    averaged_module,
+    averaging_callbacks,
+)
+from lightning_dnn_tricks.callbacks.base import TrickCallback, callback_party
 from lightning_dnn_tricks.functional.pruning import (
     SCOPES,
     Scope,
@@ -117,6 +122,7 @@ class IterativeMagnitudePruning(TrickCallback):
     """
 
     spec = IMP_SPEC
+    identity_arguments = ("layer_types", "include", "exclude", "exclude_classifier")
 
     def __init__(
         self,
@@ -177,6 +183,9 @@ class IterativeMagnitudePruning(TrickCallback):
         self._masks: list[Tensor] = []
         self._multipliers: list[Tensor] = []
         self._handles: list[RemovableHandle] = []
+        self._average_hooks: list[AverageUpdateHook] = []
+        self._optimizers: list[torch.optim.Optimizer] = []
+        self._mask_state_each_step = False
         self._loaded: dict[str, Any] | None = None
         self._reset_progress()
 
@@ -291,9 +300,22 @@ class IterativeMagnitudePruning(TrickCallback):
         self._handles = [
             optimizer.register_step_post_hook(self._after_step) for optimizer in trainer.optimizers
         ]
+        self._optimizers = list(trainer.optimizers)
+        # Another trick adding dense gradients (WNS penalty) after the masking would put
+        # momentum back at pruned entries: then the optimizer state is re-masked every step.
+        self._mask_state_each_step = any(
+            party is not None and "edits_gradients_dense" in party.effects
+            for party in map(callback_party, trainer.callbacks)  # type: ignore[attr-defined]
+        )
         apply_masks_everywhere_(self._params, self._multipliers, trainer.optimizers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Averaged weights (EMA, SWA) keep the masks: re-masked after every update of theirs.
+        self._average_hooks = [
+            AverageUpdateHook(callback, after_update=lambda _, average: self._mask_average(average))
+            for callback in averaging_callbacks(trainer)
+        ]
+        self._mask_averages(trainer)
         batches = trainer.num_training_batches
         if self.rewind_step is None or not isinstance(batches, int):
             return
@@ -313,7 +335,25 @@ class IterativeMagnitudePruning(TrickCallback):
     def _remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        for hook in self._average_hooks:
+            hook.remove()
+        self._handles, self._average_hooks, self._optimizers = [], [], []
+
+    def _mask_averages(self, trainer: pl.Trainer) -> None:
+        for callback in averaging_callbacks(trainer):
+            average = averaged_module(callback)
+            if average is not None:
+                self._mask_average(average)
+
+    def _mask_average(self, average: nn.Module) -> None:
+        """Zero the pruned entries of an averaged copy of the module (same parameter names)."""
+        tensors = dict(average.named_parameters())
+        pairs = [
+            (tensors[n], m)
+            for n, m in zip(self._names, self._multipliers, strict=True)
+            if n in tensors
+        ]
+        apply_masks_([t.data for t, _ in pairs], [m.to(t.device) for t, m in pairs])
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -330,7 +370,10 @@ class IterativeMagnitudePruning(TrickCallback):
             _rewind.set_learning_rates(trainer, self._finetune_lrs)
 
     def _after_step(self, optimizer: torch.optim.Optimizer, *args: Any) -> None:
-        apply_masks_(self._params, self._multipliers)  # the state was cleared with the masks
+        if self._mask_state_each_step:
+            apply_masks_everywhere_(self._params, self._multipliers, self._optimizers)
+        else:  # the state was cleared with the masks, and masked gradients keep it at zero
+            apply_masks_(self._params, self._multipliers)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -426,6 +469,7 @@ class IterativeMagnitudePruning(TrickCallback):
             _rewind.restore_schedule(trainer, self._snapshot["schedule"])
             _rewind.reset_optimizer_state(trainer)
         apply_masks_everywhere_(self._params, self._multipliers, trainer.optimizers)
+        self._mask_averages(trainer)
         if self.verbose:
             left = self.total_epochs - epoch
             rank_zero_info(

@@ -84,7 +84,13 @@ class WeightAlign(SurgeryCallback):
     """
 
     spec = WEIGHT_ALIGN_SPEC
-    identity_arguments = ("layer_types", "include_linear", "exclude_classifier", "include", "exclude")
+    identity_arguments = (
+        "layer_types",
+        "include_linear",
+        "exclude_classifier",
+        "include",
+        "exclude",
+    )
     metric_name = "weight_align/mean_gain"
 
     def __init__(

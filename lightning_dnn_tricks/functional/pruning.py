@@ -200,17 +200,26 @@ def mask_gradients_(params: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
     apply_masks_([g for g, _ in pairs], [m for _, m in pairs])
 
 
+def with_wrapped_optimizers(optimizer: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    """``optimizer`` and the optimizers it wraps (FrankWolfe steps its ``base`` optimizer), whose
+    state must be masked and cleared like its own."""
+    found = [optimizer]
+    inner = getattr(optimizer, "base", None)
+    while isinstance(inner, torch.optim.Optimizer) and inner not in found:
+        found.append(inner)
+        inner = getattr(inner, "base", None)
+    return found
+
+
 def optimizer_state_tensors(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor], masks: Sequence[Tensor]
 ) -> tuple[list[Tensor], list[Tensor]]:
     """The optimizer-state tensors shaped like each parameter (momentum, moments), with masks."""
     tensors: list[Tensor] = []
     paired: list[Tensor] = []
+    states = [o.state for o in with_wrapped_optimizers(optimizer)]
     for param, mask in zip(params, masks, strict=True):
-        state = optimizer.state.get(param)
-        if not state:
-            continue
-        for value in state.values():
+        for value in (v for state in states for v in state.get(param, {}).values()):
             if (
                 isinstance(value, Tensor)
                 and value.shape == param.shape

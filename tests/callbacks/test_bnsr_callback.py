@@ -28,7 +28,7 @@ def test_replaces_batch_norm_before_the_optimizer_and_logs_the_exponent() -> Non
     pl.seed_everything(0)
     model = TinyConvNet()
     weight = model.features[1].weight
-    callback = BNSR(log_every_n_steps=1)
+    callback = BNSR()
     trainer = pl.Trainer(max_steps=3, callbacks=[callback], **QUIET_TRAINER)
     trainer.fit(model, tiny_loader())
     layer = model.features[1]

@@ -109,7 +109,7 @@ def test_warns_when_weight_decay_acts_on_the_same_tensors() -> None:
 
 def test_logs_mean_abs_deviation() -> None:
     pl.seed_everything(0)
-    trainer = pl.Trainer(max_steps=2, callbacks=[NormLoss(log_every_n_steps=1)], **QUIET_TRAINER)  # type: ignore[arg-type]
+    trainer = pl.Trainer(max_steps=2, callbacks=[NormLoss()], **QUIET_TRAINER)
     model = TinyConvNet()
     trainer.fit(model, tiny_loader())
     value = trainer.callback_metrics["norm_loss/mean_abs_deviation"]

@@ -24,7 +24,7 @@ def test_aligns_before_the_optimizer_is_built_and_trains_the_gain() -> None:
     pl.seed_everything(0)
     model = TinyConvNet()
     raw = model.features[0].weight.detach().clone()
-    callback = WeightAlign(log_every_n_steps=1)
+    callback = WeightAlign()
     trainer = pl.Trainer(max_steps=2, callbacks=[callback], **QUIET_TRAINER)
     trainer.fit(model, tiny_loader())
     assert is_weight_aligned(model.features[0]) and not is_weight_aligned(model.head)

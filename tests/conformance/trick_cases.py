@@ -118,7 +118,7 @@ TRICK_CASES: dict[str, TrickCase] = {
         cli_init_args={"accelerated_epochs": 2, "stability_threshold": 0.99, "rounds": 4},
     ),
     "norm_loss": TrickCase(
-        callbacks=lambda: [NormLoss(strength=1e-2, log_every_n_steps=1)],
+        callbacks=lambda: [NormLoss(strength=1e-2)],
         build_with=NormLoss,
         active_metric="norm_loss/mean_abs_deviation",
         bad_arguments=[
@@ -129,8 +129,6 @@ TRICK_CASES: dict[str, TrickCase] = {
             ({"reduction": "max"}, "reduction"),
             ({"include": "("}, "include"),
             ({"exclude": "[a-"}, "exclude"),
-            ({"log_every_n_steps": -1}, "log_every_n_steps"),
-            ({"log_every_n_steps": 1.5}, "log_every_n_steps"),
             ({"layer_types": []}, "layer_types"),
             ({"layer_types": [int]}, "layer_types"),
         ],
@@ -140,7 +138,7 @@ TRICK_CASES: dict[str, TrickCase] = {
         # Linear layers and the classifier included, so every backbone has a layer to align (the
         # StdConv2d backbone's only other conv is its 1x1-conv classifier; the RNN has no conv).
         callbacks=lambda: [
-            WeightAlign(include_linear=True, exclude_classifier=False, log_every_n_steps=1)
+            WeightAlign(include_linear=True, exclude_classifier=False)
         ],
         build_with=WeightAlign,
         active_metric="weight_align/mean_gain",
@@ -153,12 +151,11 @@ TRICK_CASES: dict[str, TrickCase] = {
             ({"exclude": "[a-"}, "exclude"),
             ({"layer_types": []}, "layer_types"),
             ({"layer_types": [int]}, "layer_types"),
-            ({"log_every_n_steps": -1}, "log_every_n_steps"),
         ],
         cli_init_args={"gain": 1.0, "eps": 1e-4, "include_linear": True, "exclude": "^head"},
     ),
     "bnsr": TrickCase(
-        callbacks=lambda: [BNSR(log_every_n_steps=1)],
+        callbacks=lambda: [BNSR()],
         build_with=BNSR,
         active_metric="bnsr/mean_exponent",
         bad_arguments=[
@@ -173,7 +170,6 @@ TRICK_CASES: dict[str, TrickCase] = {
             ({"newton_steps": 11}, "newton_steps"),
             ({"include": "("}, "include"),
             ({"exclude": "[a-"}, "exclude"),
-            ({"log_every_n_steps": -1}, "log_every_n_steps"),
         ],
         cli_init_args={"alpha": 0.5, "newton_steps": 1, "exclude": "^model\\.conv1$"},
         backbones=frozenset({"resnet18", "mobilenetv3_small_050"}),  # the BatchNorm ones
@@ -188,7 +184,6 @@ TRICK_CASES: dict[str, TrickCase] = {
                     NormGroup("conv", bound=2.0, layer_types=(torch.nn.Conv2d,), exclude="head"),
                     NormGroup("feedforward", bound=0.5, mode="penalty", estimate="reshape"),
                 ],
-                log_every_n_steps=1,
             )
         ],
         build_with=WeightNormSupervision,
@@ -205,20 +200,18 @@ TRICK_CASES: dict[str, TrickCase] = {
             ({"groups": [{"name": "a", "layer_types": [int]}]}, "layer_types"),
             ({"iterations": 0}, "iterations"),
             ({"iterations": 1.5}, "iterations"),
-            ({"log_every_n_steps": -1}, "log_every_n_steps"),
         ],
-        cli_init_args={"iterations": 2, "log_every_n_steps": 5},
+        cli_init_args={"iterations": 2},
     ),
     # Importance sampling (issue 7): refreshed every 2 batches, so that the resume run (crash at
     # step 9) restores a mid-epoch distribution and the DDP run (2 batches per rank per epoch)
     # refreshes from all-gathered scores. The regression RNN has no logits: score "loss".
     "importance_sampling": TrickCase(
-        callbacks=lambda: [AdaptiveImportanceSampling(refresh_every=2, log_every_n_steps=1)],
+        callbacks=lambda: [AdaptiveImportanceSampling(refresh_every=2)],
         backbone_callbacks=lambda backbone: [
             AdaptiveImportanceSampling(
                 refresh_every=2,
                 score="loss" if backbone.startswith("sequence") else "logit_grad",
-                log_every_n_steps=1,
             )
         ],
         build_with=AdaptiveImportanceSampling,
@@ -234,7 +227,6 @@ TRICK_CASES: dict[str, TrickCase] = {
             ({"initial_score": 0.0}, "initial_score"),
             ({"seed": -1}, "seed"),
             ({"grad_norm_chunk_size": 0}, "grad_norm_chunk_size"),
-            ({"log_every_n_steps": -1}, "log_every_n_steps"),
         ],
         cli_init_args={"theta": 0.5, "refresh_every": 10, "score": "loss", "seed": 3},
     ),
