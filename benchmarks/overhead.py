@@ -149,19 +149,13 @@ CASES: dict[str, OverheadCase] = {
     "weight_align": OverheadCase(
         build=lambda: TrickSetup(callbacks=[WeightAlign()]), max_ratio=1.15
     ),
-    "bnsr": OverheadCase(
-        build=lambda: TrickSetup(callbacks=[BNSR()]), max_ratio=1.20
-    ),
+    "bnsr": OverheadCase(build=lambda: TrickSetup(callbacks=[BNSR()]), max_ratio=1.20),
     # Every conv/linear weight projected (the default mode): 1 power iteration per step through
     # each conv operator on its input shape, after the optimizer step (a step post-hook, so the
     # alternating-step method does not apply).
     "weight_norm_supervision": OverheadCase(
         build=lambda: TrickSetup(
-            callbacks=[
-                WeightNormSupervision(
-                    groups=[NormGroup("all", bound=1.0, mode="project")]
-                )
-            ]
+            callbacks=[WeightNormSupervision(groups=[NormGroup("all", bound=1.0, mode="project")])]
         ),
         max_ratio=1.10,
     ),

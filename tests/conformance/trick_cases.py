@@ -137,9 +137,7 @@ TRICK_CASES: dict[str, TrickCase] = {
     "weight_align": TrickCase(
         # Linear layers and the classifier included, so every backbone has a layer to align (the
         # StdConv2d backbone's only other conv is its 1x1-conv classifier; the RNN has no conv).
-        callbacks=lambda: [
-            WeightAlign(include_linear=True, exclude_classifier=False)
-        ],
+        callbacks=lambda: [WeightAlign(include_linear=True, exclude_classifier=False)],
         build_with=WeightAlign,
         active_metric="weight_align/mean_gain",
         bad_arguments=[
