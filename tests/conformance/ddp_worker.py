@@ -27,6 +27,7 @@ def main(trick_name: str, out_dir: str) -> None:
         devices=2,
         strategy="ddp",
         max_steps=3,
+        log_every_n_steps=1,
         callbacks=TRICK_CASES[trick_name].callbacks(),
         logger=False,
         enable_checkpointing=False,
