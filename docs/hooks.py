@@ -6,6 +6,8 @@ admonitions and tabs):
 
 ``<!-- ldt:compatibility-matrix -->``
     one row per registered trick (:func:`lightning_dnn_tricks.list_tricks`).
+``<!-- ldt:composition-matrix -->``
+    the composition matrix decided from the declared effects (``composition.py``).
 ``<!-- ldt:results NAME -->``
     the table in ``benchmarks/results/NAME.json``, or a "Not measured yet" warning naming the
     command that produces it.
@@ -70,6 +72,7 @@ RESULT_SCHEMA: dict[str, type] = {
 
 MARKER_KINDS = (
     "compatibility-matrix",
+    "composition-matrix",
     "results",
     "figure",
     "recipes",
@@ -201,6 +204,31 @@ def render_compatibility_matrix(specs: Sequence[TrickSpec], page_dir: str = "") 
             ]
         )
     return markdown_table(columns, rows)
+
+
+def render_composition_matrix(repo_root: Path) -> str:
+    """Trick x (trick, Lightning callback): ``ok`` or ``refused``, then each refusal's reason."""
+    registered_tricks(repo_root)  # puts the package on the path
+    from lightning_dnn_tricks.composition import composition_pairs, conflict
+
+    pairs = composition_pairs()
+    tricks = sorted({a.name for a, _ in pairs})
+    others = [*tricks, *sorted({b.name for _, b in pairs} - set(tricks))]
+    status: dict[tuple[str, str], str | None] = {}
+    for a, b in pairs:
+        status[(a.name, b.name)] = status[(b.name, a.name)] = conflict(a, b)
+    rows = [
+        [inline_code(t), *("refused" if status[(t, o)] else "ok" for o in others)] for t in tricks
+    ]
+    table = markdown_table(["trick", *others], rows)
+    reasons = sorted({message for message in status.values() if message is not None}, key=str.lower)
+    listing = "\n".join(f"- {escape_cell(message)}" for message in reasons)
+    supported = sum(conflict(a, b) is None for a, b in pairs)
+    summary = (
+        f"{len(pairs)} pairs: {supported} supported (both effects tested), "
+        f"{len(pairs) - supported} refused at setup."
+    )
+    return f"{summary}\n\n{table}\n\nThe refusals, as the error says them:\n\n{listing}"
 
 
 def registered_tricks(repo_root: Path) -> list[TrickSpec]:
@@ -529,6 +557,8 @@ def render_marker(
     if kind == "compatibility-matrix":
         trick_specs = specs() if specs is not None else registered_tricks(repo_root)
         return render_compatibility_matrix(trick_specs, page_dir)
+    if kind == "composition-matrix":
+        return render_composition_matrix(repo_root)
     if kind == "recipes":
         return render_recipes(repo_root / RECIPES_DIR)
     assert argument is not None  # checked by expand_markers
