@@ -12,10 +12,9 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from composition_model import CompositionModel, loader
 from ldt_testing import QUIET_TRAINER
 from lightning.pytorch import callbacks as lc
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dnn_tricks import TrickConfigurationError
 from lightning_dnn_tricks.callbacks import (
@@ -30,45 +29,11 @@ from lightning_dnn_tricks.callbacks import (
 )
 from lightning_dnn_tricks.callbacks._lightning import averaged_module
 from lightning_dnn_tricks.composition import Party, composition_pairs, conflict
-from lightning_dnn_tricks.models.base import ExampleLosses, SupervisedModule
 from lightning_dnn_tricks.nn.bnsr import BNSR_CLASSES
 from lightning_dnn_tricks.nn.weight_align import is_weight_aligned
 from lightning_dnn_tricks.optim import SGDG2, FrankWolfe
 
 EPOCHS = 3
-
-
-class CompositionModel(SupervisedModule):
-    """A conv + BatchNorm backbone and a linear head on 1x6x6 images (4 classes)."""
-
-    def __init__(self, optimizer: Callable[[Any], torch.optim.Optimizer]) -> None:
-        super().__init__(optimizer, None, "epoch")
-        self.backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-        self.head = nn.Linear(4 * 4 * 4, 4)
-        from torchmetrics.classification import MulticlassAccuracy
-
-        self.build_metrics("acc", lambda: MulticlassAccuracy(num_classes=4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x).flatten(1))
-
-    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y = batch
-        logits = self(x)
-        return nn.functional.cross_entropy(logits, y), logits.argmax(1), y
-
-    def compute_example_losses(self, batch: Any) -> ExampleLosses:
-        x, y = batch
-        logits = self(x)
-        losses = nn.functional.cross_entropy(logits, y, reduction="none")
-        return ExampleLosses(losses, logits.argmax(1), y, logits=logits, classes=y)
-
-
-def loader() -> DataLoader:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(16, 1, 6, 6, generator=generator)
-    y = torch.randint(0, 4, (16,), generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=4)
 
 
 def sgd(params: Any) -> torch.optim.Optimizer:

@@ -1,0 +1,46 @@
+"""The small model of the composition and telemetry suites: conv + BatchNorm backbone, linear
+head, per-example losses (so importance sampling applies), a ``backbone`` for
+``BackboneFinetuning``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_dnn_tricks.models.base import ExampleLosses, SupervisedModule
+
+
+class CompositionModel(SupervisedModule):
+    """A conv + BatchNorm backbone and a linear head on 1x6x6 images (4 classes)."""
+
+    def __init__(self, optimizer: Callable[[Any], torch.optim.Optimizer]) -> None:
+        super().__init__(optimizer, None, "epoch")
+        self.backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.head = nn.Linear(4 * 4 * 4, 4)
+        self.build_metrics("acc", lambda: MulticlassAccuracy(num_classes=4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x).flatten(1))
+
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        return nn.functional.cross_entropy(logits, y), logits.argmax(1), y
+
+    def compute_example_losses(self, batch: Any) -> ExampleLosses:
+        x, y = batch
+        logits = self(x)
+        losses = nn.functional.cross_entropy(logits, y, reduction="none")
+        return ExampleLosses(losses, logits.argmax(1), y, logits=logits, classes=y)
+
+
+def loader() -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 1, 6, 6, generator=generator)
+    y = torch.randint(0, 4, (16,), generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=4)
