@@ -219,7 +219,7 @@ def train_once(config: RunConfig, args: argparse.Namespace) -> RunResult:
     callbacks: list[Callback] = []
     if config.norm != "bn":
         steps = args.newton_steps if config.norm == "bnsr_newton" else 0
-        callbacks.append(BNSR(alpha=args.alpha, newton_steps=steps, log_every_n_steps=0))
+        callbacks.append(BNSR(alpha=args.alpha, newton_steps=steps))
     trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, **trainer_kwargs())
     trainer.fit(model, datamodule=data)
     val_acc = float(trainer.callback_metrics["val/acc"])

@@ -146,7 +146,7 @@ def train_once(config: RunConfig, args: argparse.Namespace) -> RunResult:
     )
     callbacks: list[Callback] = []
     if config.regulariser == "norm_loss":
-        callbacks.append(NormLoss(strength=config.strength, log_every_n_steps=0))
+        callbacks.append(NormLoss(strength=config.strength))
     data = DigitsDataModule(
         batch_size=config.batch_size, image_size=32, channels=3, seed=config.seed
     )

@@ -127,7 +127,7 @@ def train_once(config: RunConfig, args: argparse.Namespace) -> RunResult:
     swap_norms(model.model, config.norm)
     callbacks: list[pl.Callback] = []
     if config.norm.startswith("wa"):
-        callbacks.append(WeightAlign(log_every_n_steps=0))
+        callbacks.append(WeightAlign())
     data = DigitsDataModule(
         batch_size=config.batch_size, image_size=32, channels=3, seed=config.seed, drop_last=True
     )

@@ -75,7 +75,6 @@ def pcn() -> tuple[pl.LightningModule, DataLoader[Any], WeightNormSupervision]:
             NormGroup("feedback", bound=0.25, include=r"^feedback\."),
         ],
         iterations=1,
-        log_every_n_steps=0,
     )
     return model, DataLoader(TensorDataset(images, labels), batch_size=64), wns
 
@@ -88,7 +87,6 @@ def rnn() -> tuple[pl.LightningModule, DataLoader[Any], WeightNormSupervision]:
     wns = WeightNormSupervision(
         groups=[NormGroup("recurrent", bound=0.95, include="weight_hh")],
         iterations=1,
-        log_every_n_steps=0,
     )
     return model, DataLoader(TensorDataset(x, y), batch_size=64), wns
 

@@ -173,13 +173,13 @@ class WeightNormSupervision(TrickCallback):
     operators they apply to their last input (recorded by a forward hook), or a cheaper reshaped
     upper bound (``estimate="reshape"``). The persistent vectors are in the callback's
     ``state_dict``, so a resumed run continues exactly. Logs ``wns/<group>/max_norm``, the group's
-    largest supervised norm at the end of the step (after projection).
+    largest supervised norm as measured in the step (before a projection, so a violation shows)
+    at the Trainer's ``log_every_n_steps``.
 
     Args:
         groups: the groups, first match wins (``NormGroup`` objects or dicts of its fields);
             default: recurrent ``weight_hh*`` matrices projected to ``<= 0.95``.
         iterations: power iterations per optimizer step and parameter (>= 1).
-        log_every_n_steps: how often to log the norms; 0 disables logging.
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -204,15 +204,14 @@ class WeightNormSupervision(TrickCallback):
     """
 
     spec = WEIGHT_NORM_SUPERVISION_SPEC
+    identity_arguments = ("groups",)
 
     def __init__(
         self,
         groups: Sequence[NormGroup] | None = None,
         iterations: int = 1,
-        log_every_n_steps: int = 50,
     ) -> None:
         check_number("iterations", iterations, low=1, high=100, integer=True)
-        check_number("log_every_n_steps", log_every_n_steps, low=0, integer=True)
         if groups is not None and (isinstance(groups, str | Mapping) or not groups):
             raise ValueError(f"`groups` must be a non-empty sequence or None, got {groups!r}.")
         resolved = DEFAULT_GROUPS if groups is None else groups
@@ -221,7 +220,6 @@ class WeightNormSupervision(TrickCallback):
         if len(set(names)) != len(names):
             raise ValueError(f"`groups` must have distinct names, got {names}.")
         self.iterations = iterations
-        self.log_every_n_steps = log_every_n_steps
         self._supervised: list[_Supervised] = []
         self._vectors: dict[str, torch.Tensor] = {}
         self._shapes: dict[nn.Module, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -244,7 +242,7 @@ class WeightNormSupervision(TrickCallback):
             for param_name, param in module.named_parameters(recurse=False):
                 if not param_name.startswith("weight") or param.dim() < 2:
                     continue
-                if not param.requires_grad or id(param) in seen:
+                if id(param) in seen:  # frozen ones too: unfrozen later, then supervised
                     continue
                 name = f"{module_name}.{param_name}" if module_name else param_name
                 for index, group in enumerate(self.groups):
@@ -329,7 +327,7 @@ class WeightNormSupervision(TrickCallback):
         self._norms[group] = max(self._norms.get(group, 0.0), norm)
 
     def _owned(self, item: _Supervised, optimizer_index: int) -> bool:
-        return self._owner.get(id(item.param)) == optimizer_index
+        return item.param.requires_grad and self._owner.get(id(item.param)) == optimizer_index
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
@@ -352,10 +350,9 @@ class WeightNormSupervision(TrickCallback):
                 if group.mode != "project" or not self._owned(item, index):
                     continue
                 _, estimate = self._estimate(item)
-                if estimate is not None:
-                    self._record(
-                        item, project_spectral_norm_(item.param, estimate.sigma, group.bound)
-                    )
+                if estimate is not None:  # log the measured norm, not the projected one
+                    self._record(item, float(estimate.sigma))
+                    project_spectral_norm_(item.param, estimate.sigma, group.bound)
 
         return hook
 
@@ -368,10 +365,9 @@ class WeightNormSupervision(TrickCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        every = self.log_every_n_steps
-        if every and self._norms and (trainer.global_step - 1) % every == 0:
-            for group, norm in self._norms.items():
-                pl_module.log(f"wns/{group}/max_norm", norm, on_step=True, on_epoch=False)
+        if self._norms:
+            metrics = {f"wns/{group}/max_norm": norm for group, norm in self._norms.items()}
+            self.log_metrics(trainer, pl_module, metrics)
         self._norms = {}
 
     def _remove_hooks(self) -> None:

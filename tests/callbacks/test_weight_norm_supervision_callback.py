@@ -93,12 +93,14 @@ def test_projection_bounds_the_recurrent_norm_after_every_step() -> None:
     norms = NormRecorder()
     # Default groups: weight_hh projected to 0.95. Two power iterations per step keep the exact
     # norm within 1% of the bound under these large SGD steps (one lags a few percent behind).
-    wns = WeightNormSupervision(iterations=2, log_every_n_steps=1)
+    wns = WeightNormSupervision(iterations=2)
     trainer = pl.Trainer(max_steps=8, callbacks=[wns, norms], **QUIET_TRAINER)
     trainer.fit(_rnn(3.0), _sequence_loader())
     assert len(norms.norms) == 8
     assert max(norms.norms) <= 0.95 * 1.01
-    assert float(trainer.callback_metrics["wns/recurrent/max_norm"]) <= 0.95
+    # The metric is the norm measured before the projection: these large steps push it past
+    # the bound, and the metric shows it (it used to read min(estimate, bound)).
+    assert float(trainer.callback_metrics["wns/recurrent/max_norm"]) > 0.95
     assert set(wns.state_dict()["vectors"]) == {"rnn.weight_hh_l0"}
 
 
@@ -143,7 +145,6 @@ def test_warns_when_nothing_matches() -> None:
         ({"groups": [{"name": "a", "include": "("}]}, "include"),
         ({"groups": [{"name": "a", "layer_types": [int]}]}, "layer_types"),
         ({"iterations": 0}, "iterations"),
-        ({"log_every_n_steps": -1}, "log_every_n_steps"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], argument: str) -> None:

@@ -20,7 +20,14 @@ class CompositionModel(SupervisedModule):
 
     def __init__(self, optimizer: Callable[[Any], torch.optim.Optimizer]) -> None:
         super().__init__(optimizer, None, "epoch")
-        self.backbone = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        self.backbone = nn.Sequential(
+            nn.Conv2d(1, 4, 3),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+        )
         self.head = nn.Linear(4 * 4 * 4, 4)
         self.build_metrics("acc", lambda: MulticlassAccuracy(num_classes=4))
 
