@@ -70,7 +70,6 @@ def test_pcn_trains_with_wns_on_feedforward_and_feedback_groups() -> None:
             NormGroup("feedback", bound=0.5, include=r"^feedback\.", mode="penalty"),
         ],
         iterations=3,
-        log_every_n_steps=1,
     )
     assert wns.select(model) == {
         "feedforward": ["feedforward.0.weight", "feedforward.1.weight"],
@@ -78,7 +77,9 @@ def test_pcn_trains_with_wns_on_feedforward_and_feedback_groups() -> None:
     }
     trainer = pl.Trainer(max_steps=4, callbacks=[wns], **QUIET_TRAINER)
     trainer.fit(model, _images())
-    assert float(trainer.callback_metrics["wns/feedforward/max_norm"]) <= 0.5
+    # The metric is the norm measured before the projection (it may read above the bound); the
+    # bound itself is checked on the exact operator norm below.
+    assert float(trainer.callback_metrics["wns/feedforward/max_norm"]) > 0.4
     assert "wns/feedback/max_norm" in trainer.callback_metrics
     # The projected convs' operator norms on their 7x7 (and 7x7 -> 4x4) inputs are near the bound.
     x = torch.zeros(1, 1, 7, 7)
