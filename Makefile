@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/bnsr_skew_diagnosis.py
 	$(PY) benchmarks/weight_norm_supervision_claim.py
 	$(PY) benchmarks/weight_norm_supervision_overhead.py
+	$(PY) benchmarks/weight_norm_supervision_bound.py
 	$(PY) benchmarks/importance_sampling_claim.py
 
 clean:
