@@ -13,7 +13,7 @@ from ldt_testing import QUIET_TRAINER, TinyConvNet, tiny_loader
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dnn_tricks import TrickWarning
+from lightning_dnn_tricks import TrickConfigurationError, TrickWarning
 from lightning_dnn_tricks.callbacks import NormGroup, WeightNormSupervision
 from lightning_dnn_tricks.models import SequenceModel
 
@@ -91,8 +91,8 @@ def _rnn(norm: float = 3.0) -> SequenceModel:
 
 def test_projection_bounds_the_recurrent_norm_after_every_step() -> None:
     norms = NormRecorder()
-    # Default groups: weight_hh projected to 0.95. Two power iterations per step keep the exact
-    # norm within 1% of the bound under these large SGD steps (one lags a few percent behind).
+    # Default groups: weight_hh projected to 0.95, within the default tolerance (1%) under these
+    # large SGD steps.
     wns = WeightNormSupervision(iterations=2)
     trainer = pl.Trainer(max_steps=8, callbacks=[wns, norms], **QUIET_TRAINER)
     trainer.fit(_rnn(3.0), _sequence_loader())
@@ -145,6 +145,12 @@ def test_warns_when_nothing_matches() -> None:
         ({"groups": [{"name": "a", "include": "("}]}, "include"),
         ({"groups": [{"name": "a", "layer_types": [int]}]}, "layer_types"),
         ({"iterations": 0}, "iterations"),
+        ({"tolerance": 0.0}, "tolerance"),
+        ({"tolerance": 0.9}, "tolerance"),
+        ({"margin": -0.1}, "margin"),
+        ({"margin": 1.5}, "margin"),
+        ({"max_iterations": 1}, "max_iterations"),
+        ({"max_iterations": -1}, "max_iterations"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs: dict[str, Any], argument: str) -> None:
@@ -233,3 +239,171 @@ def test_default_single_iteration_holds_the_bound_under_large_updates() -> None:
     assert len(norms.norms) == 8
     assert max(norms.norms) <= 0.95 * 1.01
     assert max(wns.last_iterations.values()) > 1  # the check ran
+
+
+# ---------------------------------------------------------------- telemetry
+def test_logged_norm_shows_the_violation_on_a_csv_logger(tmp_path: Path) -> None:
+    """The logged norm is the one measured before the projection: the first step starts from
+    ``||W_hh|| = 3`` and the log says so (it used to read the bound), while the exact norm after
+    the step is within the tolerance of the bound."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    norms = NormRecorder()
+    settings = {**QUIET_TRAINER, "logger": CSVLogger(tmp_path, name="run")}
+    trainer = pl.Trainer(max_steps=3, callbacks=[WeightNormSupervision(), norms], **settings)
+    trainer.fit(_rnn(3.0), _sequence_loader())
+    (path,) = tmp_path.glob("run/version_*/metrics.csv")
+    with path.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("wns/recurrent/max_norm")]
+    assert [int(row["step"]) for row in rows] == [0, 1, 2]
+    assert float(rows[0]["wns/recurrent/max_norm"]) > 2.5  # measured: far over the bound
+    assert float(rows[0]["wns/recurrent/projected"]) == 1.0
+    assert max(norms.norms) <= 0.95 * 1.01  # and the bound held
+
+
+def test_far_below_the_bound_runs_no_check_and_logs_no_projection() -> None:
+    wns = WeightNormSupervision(groups=[NormGroup("recurrent", bound=100.0, include="weight_hh")])
+    trainer = pl.Trainer(max_steps=3, callbacks=[wns], **QUIET_TRAINER)
+    trainer.fit(_rnn(3.0), _sequence_loader())
+    assert wns.last_iterations == {"rnn.weight_hh_l0": 1}  # the one power iteration, no check
+    assert float(trainer.callback_metrics["wns/recurrent/projected"]) == 0.0
+    assert 2.5 < float(trainer.callback_metrics["wns/recurrent/max_norm"]) < 100.0
+
+
+# ---------------------------------------------------------------- the bound under a stale vector
+class Kick(pl.Callback):
+    """At step ``at``, adds a large update to ``W_hh`` orthogonal to WNS's persistent vector, in
+    ``on_before_optimizer_step`` (so the projection after this step sees it with a stale vector).
+    Records the exact norm after every step."""
+
+    def __init__(self, wns: WeightNormSupervision, at: int, size: float) -> None:
+        self.wns, self.at, self.size = wns, at, size
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if trainer.global_step != self.at:
+            return
+        w = pl_module.rnn.weight_hh_l0
+        v = self.wns._vectors["rnn.weight_hh_l0"]
+        generator = torch.Generator().manual_seed(0)
+        right = torch.randn(w.shape[1], generator=generator)
+        right -= (right @ v) * v  # orthogonal to the persistent vector: it is stale
+        left = torch.randn(w.shape[0], generator=generator)
+        with torch.no_grad():
+            w += self.size * torch.outer(left / left.norm(), right / right.norm())
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        weight = pl_module.rnn.weight_hh_l0.detach()
+        self.norms.append(float(torch.linalg.matrix_norm(weight, ord=2)))
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_large_update_with_a_stale_vector_is_still_projected_within_tolerance(
+    check: bool,
+) -> None:
+    """With the near-bound check the exact norm after the kicked step is within ``bound * (1 +
+    tolerance)``; without it (``max_iterations=0``, the one-iteration estimate as before) the
+    same step leaves the weight far over its bound: the test detects the failure."""
+    wns = WeightNormSupervision(max_iterations=100 if check else 0)
+    kick = Kick(wns, at=4, size=3.0)
+    model = SequenceModel(
+        "rnn", input_size=2, hidden_size=12, optimizer=lambda p: torch.optim.SGD(p, lr=0.01)
+    )
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_steps=6, callbacks=[wns, kick], **QUIET_TRAINER)
+    trainer.fit(model, _sequence_loader())
+    kicked = kick.norms[4]
+    if check:
+        assert kicked <= 0.95 * (1 + wns.tolerance)
+        assert max(kick.norms) <= 0.95 * (1 + wns.tolerance)
+    else:
+        assert kicked > 0.95 * 1.5
+
+
+# ---------------------------------------------------------------- company: WeightAlign
+def _aligned_conv_net() -> TinyConvNet:
+    from lightning_dnn_tricks.functional import apply_weight_align
+
+    pl.seed_everything(0)
+    model = TinyConvNet()
+    apply_weight_align(model, exclude_classifier=True)  # features.0 aligned, head left plain
+    return model
+
+
+def test_a_group_matching_a_weight_aligned_conv_is_refused_at_fit_start() -> None:
+    wns = WeightNormSupervision(groups=[NormGroup("convs", layer_types=(nn.Conv2d,))])
+    trainer = pl.Trainer(max_steps=1, callbacks=[wns], **QUIET_TRAINER)
+    with pytest.raises(TrickConfigurationError) as raised:
+        trainer.fit(_aligned_conv_net(), tiny_loader())
+    message = str(raised.value)
+    for part in ("WeightNormSupervision", "WeightAlign", "'features.0.weight'", "exclude"):
+        assert part in message, message
+    assert "parametrizations.weight.original" in message
+
+
+def test_a_group_that_leaves_the_aligned_conv_out_trains() -> None:
+    groups = [NormGroup("head", bound=0.5, layer_types=(nn.Linear,), exclude=r"^features\.0\.")]
+    wns = WeightNormSupervision(groups=groups)
+    trainer = pl.Trainer(max_steps=2, callbacks=[wns], **QUIET_TRAINER)
+    model = _aligned_conv_net()
+    trainer.fit(model, tiny_loader())
+    assert wns.select(model) == {"head": ["head.weight"]}
+    assert float(torch.linalg.matrix_norm(model.head.weight.detach(), 2)) <= 0.5 * 1.01
+
+
+def test_another_parametrisation_in_a_group_warns() -> None:
+    from torch.nn.utils.parametrizations import orthogonal
+
+    pl.seed_everything(0)
+    model = TinyConvNet()
+    orthogonal(model.head)
+    wns = WeightNormSupervision(groups=[NormGroup("all", layer_types=(nn.Linear, nn.Conv2d))])
+    trainer = pl.Trainer(max_steps=1, callbacks=[wns], **QUIET_TRAINER)
+    with pytest.warns(TrickWarning, match="'head.weight', a weight behind a parametrisation"):
+        trainer.fit(model, tiny_loader())
+    assert wns.select(model) == {"all": ["features.0.weight"]}
+
+
+# ---------------------------------------------------------------- two instances, one Trainer
+def _two_instances(reverse: bool = False) -> list[WeightNormSupervision]:
+    recurrent = WeightNormSupervision(groups=[NormGroup("recurrent", include="weight_hh")])
+    head = WeightNormSupervision(groups=[NormGroup("head", bound=0.3, layer_types=(nn.Linear,))])
+    return [head, recurrent] if reverse else [recurrent, head]
+
+
+def test_two_instances_with_different_groups_resume_their_own_state(tmp_path: Path) -> None:
+    """Different groups give different state keys; a run resumed from a checkpoint (with the
+    instances listed the other way round) ends as the uninterrupted run: each instance got its
+    own vectors back."""
+
+    def fit(callbacks: list[WeightNormSupervision], epochs: int, ckpt: Path | None = None) -> Any:
+        model = _rnn(3.0)
+        trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, **QUIET_TRAINER)
+        trainer.fit(model, _sequence_loader(n=16), ckpt_path=ckpt)
+        return trainer, model
+
+    first, second = _two_instances()
+    assert first.state_key != second.state_key
+    straight = _two_instances()
+    _, expected = fit(straight, epochs=2)  # type: ignore[arg-type]
+
+    trainer, _ = fit(_two_instances(), epochs=1)  # type: ignore[arg-type]
+    path = tmp_path / "half.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["callbacks"]
+    assert set(saved[first.state_key]["vectors"]) == {"rnn.weight_hh_l0"}
+    assert set(saved[second.state_key]["vectors"]) == {"head.weight"}
+
+    resumed = _two_instances(reverse=True)
+    _, model = fit(resumed, epochs=2, ckpt=path)  # type: ignore[arg-type]
+    for name, param in expected.named_parameters():
+        torch.testing.assert_close(dict(model.named_parameters())[name], param, rtol=0, atol=0)
+    by_key = {cb.state_key: cb for cb in resumed if isinstance(cb, WeightNormSupervision)}
+    assert len(by_key) == 2
+    for cb in (c for c in straight if isinstance(c, WeightNormSupervision)):
+        mine = by_key[cb.state_key]._vectors
+        assert set(mine) == set(cb._vectors)
+        for key, vector in cb._vectors.items():
+            torch.testing.assert_close(mine[key], vector, rtol=0, atol=0)

@@ -222,3 +222,107 @@ def test_contraction_check_handles_tuple_states_and_bad_input() -> None:
         wns.contraction_check(wns.rnn_step(lstm), [], state, other)
     with pytest.raises(ValueError, match="tanh"):
         wns.tanh_rnn_norms(nn.GRU(2, 3))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- the near-bound check
+def _matrix_with_spectrum(singular: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    n = singular.numel()
+    left, _ = torch.linalg.qr(torch.randn(rows, n, generator=generator))
+    right, _ = torch.linalg.qr(torch.randn(n, n, generator=generator))
+    return (left * singular) @ right.T
+
+
+def test_check_converges_where_power_iteration_creeps() -> None:
+    """Close top singular values and a vector almost orthogonal to the top one: 30 power
+    iterations are still percents low (a projection with them would leave the weight over its
+    bound), the check is within its tolerance."""
+    singular = torch.cat([torch.tensor([1.0, 0.97, 0.96]), torch.linspace(0.9, 0.1, 37)])
+    w = _matrix_with_spectrum(singular, 80, seed=0)
+    _, _, vh = torch.linalg.svd(w)
+    stale = vh[1] + 0.01 * vh[0] + 0.05 * vh[5]  # converged onto the second: the new top is new
+    stale = stale / stale.norm()
+    op = wns.weight_operator(w)
+    power = float(wns.power_iteration(w, op, stale, 30).sigma)
+    assert power < 0.99  # the failure the check exists for
+    result = wns.converge_spectral_norms([w], [op], [stale], tolerance=1e-2)
+    assert result.converged == [True]
+    assert 1.0 / 1.01 <= result.sigmas[0] <= 1.0 + 1e-5  # within tolerance, and a lower bound
+    assert result.iterations[0] < 60
+    v = result.estimates[0].v
+    assert float(v.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert abs(float(v @ vh[0])) > 0.9  # the persisted vector is the top singular vector
+
+
+def test_projection_after_a_large_update_holds_the_bound() -> None:
+    """A large low-rank update after the vector converged (a stale vector): one power iteration
+    projects the weight to well over its bound, the check to within ``bound * (1 + tol)``."""
+    torch.manual_seed(1)
+    bound, tolerance = 0.95, 1e-2
+    w = torch.randn(64, 32) / 8
+    op = wns.weight_operator(w)
+    v = wns.power_iteration(w, op, wns.initial_vector(op), 200).v
+    # The update acts on directions orthogonal to v: the old vector barely sees it.
+    q, _ = torch.linalg.qr(torch.cat([v[:, None], torch.randn(32, 2)], dim=1))
+    update = 3.0 * torch.randn(64, 2) @ q[:, 1:].T / 8
+    naive, checked = w + update, (w + update).clone()
+    cheap = wns.power_iteration(naive, op, v, 1)
+    wns.project_spectral_norm_(naive, cheap.sigma, bound)
+    assert float(torch.linalg.matrix_norm(naive, 2)) > bound * (1 + tolerance)  # stale: too high
+    cheap = wns.power_iteration(checked, op, v, 1)
+    result = wns.converge_spectral_norms([checked], [op], [cheap.v], tolerance=tolerance)
+    wns.project_spectral_norm_(checked, max(result.sigmas[0], float(cheap.sigma)), bound)
+    assert float(torch.linalg.matrix_norm(checked, 2)) <= bound * (1 + tolerance)
+
+
+@pytest.mark.parametrize("name", ["conv2d_pad1", "conv2d_stride2", "convT2d_stride2"])
+def test_check_on_conv_operators_matches_the_dense_norm(name: str) -> None:
+    make, shape = CONVS[name]
+    torch.manual_seed(2)
+    conv = make()
+    op = wns.weight_operator(conv.weight, conv, "operator", shape)
+    result = wns.converge_spectral_norms([conv.weight], [op], [wns.initial_vector(op)], 1e-3)
+    exact = _dense_operator_norm(conv, shape)
+    assert result.sigmas[0] == pytest.approx(exact, rel=1e-3)
+    assert result.sigmas[0] <= exact * (1 + 1e-5)
+
+
+def test_check_runs_several_weights_at_once() -> None:
+    """Weights of different shapes in one call: each gets its own estimate and count; a weight
+    that converges early stops iterating while the others go on."""
+    torch.manual_seed(3)
+    easy = torch.diag(torch.tensor([2.0, 0.1, 0.1]))
+    hard = _matrix_with_spectrum(torch.linspace(1.0, 0.5, 50), 60, seed=3)
+    zero = torch.zeros(4, 5)
+    weights = [easy, hard, zero]
+    ops = [wns.weight_operator(w) for w in weights]
+    result = wns.converge_spectral_norms(weights, ops, [wns.initial_vector(op) for op in ops])
+    for w, sigma in zip(weights, result.sigmas, strict=True):
+        exact = float(torch.linalg.matrix_norm(w, 2))
+        assert exact / 1.01 <= sigma <= exact * (1 + 1e-5) + 1e-7
+    assert result.iterations[0] < result.iterations[1]
+    assert all(torch.isfinite(e.v).all() and torch.isfinite(e.sigma) for e in result.estimates)
+
+
+def test_check_restarts_past_the_krylov_dimension() -> None:
+    """A tight tolerance on a slowly converging spectrum runs past ``KRYLOV_DIMENSION``: the
+    restarted estimate is still a lower bound, within tolerance, with a unit vector."""
+    singular = 1.0 - 0.002 * torch.arange(200, dtype=torch.float32)
+    w = _matrix_with_spectrum(singular, 200, seed=4)
+    op = wns.weight_operator(w)
+    result = wns.converge_spectral_norms([w], [op], [wns.initial_vector(op)], 1e-3, 200)
+    assert result.iterations[0] > wns.KRYLOV_DIMENSION
+    assert 1.0 / 1.001 <= result.sigmas[0] <= 1.0 + 1e-5
+    assert float(result.estimates[0].v.norm()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_check_bad_arguments() -> None:
+    op = wns.weight_operator(torch.eye(2))
+    v = wns.initial_vector(op)
+    with pytest.raises(ValueError, match="one entry per weight"):
+        wns.converge_spectral_norms([torch.eye(2)], [op, op], [v])
+    with pytest.raises(ValueError, match="`tolerance`"):
+        wns.converge_spectral_norms([torch.eye(2)], [op], [v], tolerance=0.0)
+    with pytest.raises(ValueError, match="`max_iterations`"):
+        wns.converge_spectral_norms([torch.eye(2)], [op], [v], max_iterations=1)
+    assert wns.converge_spectral_norms([], [], []).sigmas == []
