@@ -207,9 +207,8 @@ def _describe(value: Any) -> str:
 def callback_party(callback: Callback) -> Party | None:
     """The composition party of a callback: a trick, one of Lightning's declared callbacks, or
     ``None`` for a callback that declares nothing."""
-    spec = getattr(callback, "spec", None)
-    if isinstance(callback, TrickCallback) or isinstance(spec, TrickSpec):
-        return trick_party(callback.spec)  # type: ignore[attr-defined]
+    if isinstance(callback, TrickCallback):
+        return trick_party(callback.spec)
     for name in BUILTIN_CALLBACKS:
         if isinstance(callback, _builtin_class(name)):
             return builtin_party(name)

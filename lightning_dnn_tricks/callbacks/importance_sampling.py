@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sized
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -202,17 +202,13 @@ class AdaptiveImportanceSampling(TrickCallback):
         self._metrics: dict[str, float] | None = None
         self._first_step_pending = False
 
-    def _stop(self, conflict: str, fix: str) -> NoReturn:
-        self._refuse(conflict, fix)
-        raise AssertionError("unreachable: _refuse raises")  # pragma: no cover
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Before the base class's composition check, whose "changes_data" rule refuses the pair
         # too, in general words.
         callbacks = trainer.callbacks  # type: ignore[attr-defined]
         alike = [cb for cb in callbacks if isinstance(cb, AdaptiveImportanceSampling)]
         if stage == "fit" and len(alike) > 1:
-            self._stop(
+            self._refuse(
                 f"the Trainer has {len(alike)} importance sampling callbacks "
                 f"({', '.join(type(cb).__name__ for cb in alike)}): each would rebuild the "
                 "training loader around a sampler of its own, and only one draw can reach the "
@@ -253,7 +249,7 @@ class AdaptiveImportanceSampling(TrickCallback):
     def _attach(self, trainer: pl.Trainer) -> None:
         loader = trainer.train_dataloader
         if not isinstance(loader, DataLoader):
-            self._stop(
+            self._refuse(
                 f"the training data must be one map-style DataLoader, got {type(loader).__name__}.",
                 "Return a single DataLoader from train_dataloader().",
             )
@@ -261,12 +257,12 @@ class AdaptiveImportanceSampling(TrickCallback):
         if sampler is None:
             problem = rebuild_problem(loader)
             if problem is not None:
-                self._stop(*problem)
+                self._refuse(*problem)
             sampler = self._install(trainer, loader)
         elif not isinstance(loader.dataset, IndexedDataset) or not isinstance(
             loader.collate_fn, ImportanceCollate
         ):
-            self._stop(
+            self._refuse(
                 "the training loader draws with an AdaptiveImportanceSampler but does not build "
                 "importance batches.",
                 _REBUILD_FIX,
@@ -307,7 +303,7 @@ class AdaptiveImportanceSampling(TrickCallback):
             or len(combined.flattened) != 1
             or len(rebuilt) != len(loader)
         ):
-            self._stop(
+            self._refuse(
                 "the training loader cannot be rebuilt around an importance sampler here.",
                 _REBUILD_FIX,
             )
@@ -351,7 +347,7 @@ class AdaptiveImportanceSampling(TrickCallback):
     def _batch_scores(self, pl_module: pl.LightningModule, batch: Any) -> torch.Tensor:
         name = type(pl_module).__name__
         if not is_importance_batch(batch) or RECORD_KEY not in batch:
-            self._stop(
+            self._refuse(
                 f"the training batch of {name} is not an importance batch "
                 '({"example", "index", "weight", "record"}).',
                 "Build the training loader with lightning_dnn_tricks.data.importance_dataloader, "
@@ -360,7 +356,7 @@ class AdaptiveImportanceSampling(TrickCallback):
             )
         record = batch[RECORD_KEY].detach()
         if not bool((record[:, RECORD_APPLIED] == 1).all()):
-            self._stop(
+            self._refuse(
                 f"{name}.training_step did not apply the importance weights of the batch, so its "
                 "gradient is biased towards the examples drawn most often.",
                 _HOW_TO_APPLY,
@@ -370,7 +366,7 @@ class AdaptiveImportanceSampling(TrickCallback):
             return self._grad_norms.detach()
         values = record[:, RECORD_LOGIT_GRAD if self.score == "logit_grad" else RECORD_LOSS]
         if self.score == "logit_grad" and bool(torch.isnan(values).any()):
-            self._stop(
+            self._refuse(
                 "score='logit_grad' needs the logits and class targets: "
                 f"{name} called importance_weighted_mean without logits= and targets=.",
                 "Pass them, or use score='loss' (regression) or score='grad_norm'.",

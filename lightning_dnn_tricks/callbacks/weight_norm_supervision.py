@@ -279,7 +279,7 @@ class WeightNormSupervision(TrickCallback):
         self._projected: dict[str, list[int]] = {}
         #: Iterations run in the last step, by parameter name (the near-bound check's included).
         self.last_iterations: dict[str, int] = {}
-        self._owner: dict[int, int] = {}
+        self._params: list[torch.Tensor] = []
         self._handles: list[RemovableHandle] = []
 
     # ------------------------------------------------------------------ selection
@@ -360,11 +360,9 @@ class WeightNormSupervision(TrickCallback):
             if self._needs_shape(item):
                 hook = item.module.register_forward_hook(self._record_shape)
                 self._handles.append(hook)
-        self._owner = {}
-        for index, optimizer in enumerate(trainer.optimizers):
-            for group in optimizer.param_groups:
-                self._owner.update({id(p): index for p in group["params"]})
-            self._handles.append(optimizer.register_step_post_hook(self._after_step(index)))
+        self._params = [item.param for item in self._supervised]
+        for optimizer in trainer.optimizers:
+            self._handles.append(optimizer.register_step_post_hook(self._after_step))
 
     def _needs_shape(self, item: _Supervised) -> bool:
         return (
@@ -426,16 +424,17 @@ class WeightNormSupervision(TrickCallback):
             counts[0] += int(projected)
             counts[1] += 1
 
-    def _owned(self, item: _Supervised, optimizer_index: int) -> bool:
-        return item.param.requires_grad and self._owner.get(id(item.param)) == optimizer_index
+    def _stepping(self, optimizer: torch.optim.Optimizer) -> set[int]:
+        """Ids of the supervised tensors that ``optimizer`` trains (frozen ones left out)."""
+        return {id(t) for t in self.stepping_tensors(optimizer, self._params)}
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        index = next((i for i, o in enumerate(trainer.optimizers) if o is optimizer), 0)
+        stepping = self._stepping(optimizer)
         for item in self._supervised:
             group = self.groups[item.group]
-            if group.mode != "penalty" or not self._owned(item, index):
+            if group.mode != "penalty" or id(item.param) not in stepping:
                 continue
             operator, estimate = self._estimate(item)
             if estimate is None:
@@ -443,17 +442,15 @@ class WeightNormSupervision(TrickCallback):
             add_spectral_penalty_grad_(item.param, operator, estimate, group.bound, group.strength)
             self._record(item, float(estimate.sigma))
 
-    def _after_step(self, index: int) -> Any:
-        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            self._project(index)
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._project(optimizer)
 
-        return hook
-
-    def _project(self, optimizer_index: int) -> None:
+    def _project(self, optimizer: torch.optim.Optimizer) -> None:
         """Estimate, check near the bound, then project the weights of one optimizer."""
         found: list[tuple[_Supervised, WeightOperator, SpectralNormEstimate]] = []
+        stepping = self._stepping(optimizer)
         for item in self._supervised:
-            if self.groups[item.group].mode != "project" or not self._owned(item, optimizer_index):
+            if self.groups[item.group].mode != "project" or id(item.param) not in stepping:
                 continue
             operator, estimate = self._estimate(item)
             if estimate is not None:
@@ -524,6 +521,13 @@ class WeightNormSupervision(TrickCallback):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _supervised=[], _shapes={}, _handles=[], _owner={}, _norms={}, _projected={}, _mix={}
+            _supervised=[],
+            _shapes={},
+            _handles=[],
+            _params=[],
+            _stepping_cache={},
+            _norms={},
+            _projected={},
+            _mix={},
         )
         return state
