@@ -104,7 +104,9 @@ class OptimizerSupport(Callback):
       checkpoint's optimizer state the trajectory point, so resuming mid-trajectory is exact.
       Other callbacks running between batches see the trajectory point;
     - logs ``sgdg2/lr`` (SRK2 too), the step size after each step, or
-      ``frank_wolfe/inner_step``, the inner step ``t`` just taken.
+      ``frank_wolfe/restarts``, the outer steps (anchor restarts) completed so far. A count, not
+      the inner step ``t``: sampled every ``log_every_n_steps``, ``t`` would alias to the same
+      value whenever K divides the interval.
 
     Raises:
         TrickConfigurationError: at fit start, when the Trainer conflicts with an optimizer.
@@ -271,7 +273,7 @@ class OptimizerSupport(Callback):
             self._log(trainer, pl_module)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Log ``sgdg2/lr`` (the adapted step size) or ``frank_wolfe/inner_step`` (last t)."""
+        """Log ``sgdg2/lr`` (the adapted step size) or ``frank_wolfe/restarts``."""
         for optimizer in self._closure_optimizers:
             group = optimizer.param_groups[0]
             pl_module.log(f"{optimizer.spec.name}/lr", float(group["lr"]), on_step=True)
@@ -279,8 +281,8 @@ class OptimizerSupport(Callback):
             group = fw.param_groups[0]
             steps = [fw.state[p]["fw_step"] for p in group["params"] if p in fw.state]
             if steps:
-                inner = (steps[0] - 1) % group["inner_steps"] + 1
-                pl_module.log("frank_wolfe/inner_step", float(inner), on_step=True)
+                restarts = steps[0] // group["inner_steps"]
+                pl_module.log("frank_wolfe/restarts", float(restarts), on_step=True)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":

@@ -141,11 +141,10 @@ def _check_effect(name: str, trainer: pl.Trainer, model: CompositionModel, secon
     elif name == "frank_wolfe":
         fw = trainer.optimizers[0]
         assert fw.swapped or not fw.mid_trajectory(), "the weights hold a trajectory point"
-    elif name == "StochasticWeightAveraging":
-        cb = next(c for c in callbacks if isinstance(c, lc.StochasticWeightAveraging))
-        assert cb.n_averaged is not None and int(cb.n_averaged) >= 1
-    elif name == "EMAWeightAveraging":
+    elif name in ("StochasticWeightAveraging", "EMAWeightAveraging"):
         cb = next(c for c in callbacks if type(c).__name__ == name)
+        if name == "StochasticWeightAveraging":
+            assert cb.n_averaged is not None and int(cb.n_averaged) >= 2, "SWA averaged < 2 points"
         average = averaged_module(cb)
         assert average is not None
         for (key, p), q in zip(model.named_parameters(), average.parameters(), strict=True):

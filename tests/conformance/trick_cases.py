@@ -269,7 +269,7 @@ TRICK_CASES.update(
             callbacks=lambda: [OptimizerSupport()],
             optimizer=lambda params: FrankWolfe(params, lr=1e-3, inner_steps=2),
             build_with=lambda **kwargs: FrankWolfe(_params(), **kwargs),
-            active_metric="frank_wolfe/inner_step",
+            active_metric="frank_wolfe/restarts",
             bad_arguments=[
                 ({"lr": 0.0}, "lr"),
                 ({"inner_steps": 0}, "inner_steps"),
