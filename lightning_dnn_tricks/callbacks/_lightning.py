@@ -24,6 +24,7 @@ PRIVATE_ACCESSES: tuple[tuple[str, str], ...] = (
     ("Trainer", "_logger_connector.should_update_logs"),
     ("_FitLoop", "_combined_loader"),
     ("_FitLoop", "_data_fetcher"),
+    ("_FitLoop", "restarted_on_epoch_end"),
     ("Strategy", "_layer_sync"),
     ("WeightAveraging", "_average_model"),
     ("WeightAveraging", "_copy_average_to_current"),
@@ -51,6 +52,15 @@ def training_loader_slots(trainer: pl.Trainer) -> tuple[Any, Any]:
         getattr(trainer.fit_loop, "_combined_loader", None),
         getattr(trainer.fit_loop, "_data_fetcher", None),
     )
+
+
+def restarted_into_finished_epoch(trainer: pl.Trainer) -> bool:
+    """Whether the fit loop restarted an epoch that the checkpoint had already finished.
+
+    Lightning 2.6 does so for iteration-based training (``max_steps`` set) resumed from a
+    checkpoint written at an epoch's end, and then asks the training loader for one batch more.
+    """
+    return bool(getattr(trainer.fit_loop, "restarted_on_epoch_end", False))
 
 
 def syncs_batchnorm(trainer: pl.Trainer) -> bool:

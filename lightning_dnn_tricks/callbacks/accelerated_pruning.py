@@ -74,6 +74,9 @@ class AcceleratedIMP(IterativeMagnitudePruning):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TrickConfigurationError: as :class:`IterativeMagnitudePruning`; ``accelerated_epochs``
+            and ``stability_threshold`` are schedule arguments too (a change on resume is
+            refused).
 
     Examples:
         >>> from lightning_dnn_tricks.callbacks import AcceleratedIMP

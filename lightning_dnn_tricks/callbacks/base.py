@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, NoReturn
 
@@ -17,7 +18,11 @@ from lightning.pytorch.strategies import (
     Strategy,
 )
 
-from lightning_dnn_tricks.callbacks._lightning import should_log
+from lightning_dnn_tricks.callbacks._lightning import (
+    restarted_into_finished_epoch,
+    should_log,
+    training_loader_slots,
+)
 from lightning_dnn_tricks.composition import (
     BUILTIN_CALLBACKS,
     Party,
@@ -26,7 +31,10 @@ from lightning_dnn_tricks.composition import (
     trick_party,
 )
 from lightning_dnn_tricks.registry import TrickSpec
-from lightning_dnn_tricks.validation import TrickConfigurationError
+from lightning_dnn_tricks.validation import TrickConfigurationError, TrickWarning
+
+#: The checkpoint key under which every trick callback records its configuration.
+CONFIGURATION_KEY = "lightning_dnn_tricks_configuration"
 
 
 def strategy_name(strategy: Strategy) -> str:
@@ -52,6 +60,9 @@ class TrickCallback(Callback):
     #: instances in one Trainer differ in them, and ``state_key`` is built from them, so that each
     #: instance gets its own state in a checkpoint.
     identity_arguments: ClassVar[tuple[str, ...]] = ()
+    #: Constructor arguments that may change when a run resumes from a checkpoint: a change is
+    #: warned about. A change of any other argument is refused (see :meth:`on_load_checkpoint`).
+    resume_may_change: ClassVar[tuple[str, ...]] = ()
 
     @property
     def state_key(self) -> str:
@@ -69,10 +80,22 @@ class TrickCallback(Callback):
             return type(self).__qualname__
         return self._generate_state_key(**differing)
 
+    def configuration(self) -> dict[str, str]:
+        """The constructor arguments of this instance, described as strings (for checkpoints)."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: _describe(getattr(self, name)) for name in names if hasattr(self, name)}
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Record the configuration, so that a resume with another one is noticed."""
+        checkpoint.setdefault(CONFIGURATION_KEY, {})[self.state_key] = self.configuration()
+
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Refuse a checkpoint that holds this trick's state under another identity only."""
+        """Refuse a checkpoint of this trick under another identity or with another
+        configuration; warn about a change of the arguments in ``resume_may_change``."""
         saved = [
             key
             for key in checkpoint.get("callbacks", {})
@@ -83,6 +106,32 @@ class TrickCallback(Callback):
                 f"the checkpoint holds the state of {', '.join(saved)}, not of this instance "
                 f"({self.state_key}): its layer selection differs.",
                 "Resume with the same configuration of the trick as the checkpointed run.",
+            )
+        before = checkpoint.get(CONFIGURATION_KEY, {}).get(self.state_key)
+        if before is not None:
+            self._compare_configuration(before)
+
+    def _compare_configuration(self, before: Mapping[str, str]) -> None:
+        now = self.configuration()
+        changed = {k: (before[k], now[k]) for k in now if k in before and before[k] != now[k]}
+        refused = {k: v for k, v in changed.items() if k not in self.resume_may_change}
+        if refused:
+            self._refuse(
+                "the checkpoint was written with another configuration: "
+                + ", ".join(
+                    f"{k}={old} (checkpoint) vs {k}={new} (now)"
+                    for k, (old, new) in refused.items()
+                )
+                + ". Resuming would mix the two.",
+                "Resume with the checkpoint's values, or start a new run without ckpt_path.",
+            )
+        if changed:
+            warnings.warn(
+                f"{type(self).__name__}: resuming with "
+                + ", ".join(f"{k}={new} (checkpoint: {old})" for k, (old, new) in changed.items())
+                + "; the new value applies from here on.",
+                TrickWarning,
+                stacklevel=2,
             )
 
     def log_metrics(
@@ -146,6 +195,9 @@ class TrickCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check_optimizers(trainer)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        finish_restarted_epoch(trainer)
+
     def _refuse(self, conflict: str, fix: str) -> NoReturn:
         raise TrickConfigurationError(f"{type(self).__name__}: {conflict} {fix}")
 
@@ -192,6 +244,41 @@ class TrickCallback(Callback):
         return None
 
 
+def finish_restarted_epoch(trainer: pl.Trainer) -> None:
+    """End at once an epoch that Lightning restarts although the checkpoint finished it.
+
+    Lightning 2.6 restarts the finished epoch when iteration-based training (``max_steps``)
+    resumes from a checkpoint written at an epoch's end, and would train one batch more: the
+    library's resumable loaders and samplers (``finish_restored_epoch``) then serve nothing for
+    it. Lightning also counts that epoch twice, so a ``max_epochs`` set as well stops the run one
+    epoch early: that is warned about. Every trick callback calls this at ``on_train_start``.
+    """
+    if not restarted_into_finished_epoch(trainer):
+        return
+    if trainer.max_epochs not in (None, -1):
+        warnings.warn(
+            "lightning_dnn_tricks: Lightning restarts the epoch this checkpoint finished "
+            "(max_steps is set and the checkpoint was written at an epoch's end) and counts "
+            f"it twice, so max_epochs={trainer.max_epochs} stops this run one epoch early. "
+            "Resume with max_epochs=-1 (max_steps ends the run), or write step checkpoints "
+            "(ModelCheckpoint(every_n_train_steps=...)).",
+            TrickWarning,
+            stacklevel=2,
+        )
+    combined, _ = training_loader_slots(trainer)
+    for loader in getattr(combined, "flattened", []):
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        for part in (
+            loader,
+            getattr(loader, "sampler", None),
+            batch_sampler,
+            getattr(batch_sampler, "sampler", None),
+        ):
+            finish = getattr(part, "finish_restored_epoch", None)
+            if callable(finish):
+                finish()
+
+
 def _normalised(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
@@ -199,8 +286,8 @@ def _normalised(value: Any) -> Any:
 def _describe(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(_describe(v) for v in value) + "]"
-    if isinstance(value, type):
-        return value.__name__
+    if isinstance(value, type) or callable(value):
+        return getattr(value, "__qualname__", type(value).__qualname__)
     return repr(value)
 
 

@@ -69,6 +69,9 @@ class BNSR(SurgeryCallback):
         TrickConfigurationError: at ``setup``, the Trainer uses an unsupported precision
             (``16-mixed`` is untested) or strategy, or ``sync_batchnorm=True`` (Lightning would
             convert the BNSR layers back to plain ``SyncBatchNorm``).
+        TrickConfigurationError: at resume, the checkpoint was written with another ``alpha``,
+            ``warp``, ``newton_steps`` or layer selection (a change of ``compiled`` is accepted
+            with a warning).
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -84,6 +87,7 @@ class BNSR(SurgeryCallback):
 
     spec = BNSR_SPEC
     identity_arguments = ("include", "exclude")
+    resume_may_change = ("compiled",)
     metric_name = "bnsr/mean_exponent"
 
     def __init__(

@@ -149,7 +149,9 @@ class AdaptiveImportanceSampling(TrickCallback):
             its own, one that is not a single map-style ``DataLoader`` with a ``batch_size``, or
             one that builds importance batches without an importance sampler; during training,
             a step that did not apply the weights, a batch transformed away from an importance
-            batch, or ``score="logit_grad"`` without logits.
+            batch, or ``score="logit_grad"`` without logits; at resume, a checkpoint written with
+            another ``theta``, ``refresh_every``, ``score``, ``initial_score`` or ``seed`` (a
+            change of ``grad_norm_chunk_size`` is accepted with a warning).
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -171,6 +173,7 @@ class AdaptiveImportanceSampling(TrickCallback):
     """
 
     spec = IMPORTANCE_SAMPLING_SPEC
+    resume_may_change = ("grad_norm_chunk_size",)
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class AdaptiveImportanceSampling(TrickCallback):
         self.scores: torch.Tensor | None = None
         self.sampler: AdaptiveImportanceSampler | None = None
         self._batches_seen = 0
+        self._refreshed_epoch = -1  # the last epoch whose end-of-epoch refresh has run
         self._pending: dict[str, Any] | None = None
         self._grad_norms: torch.Tensor | None = None
         self._metrics: dict[str, float] | None = None
@@ -220,6 +224,7 @@ class AdaptiveImportanceSampling(TrickCallback):
     # ------------------------------------------------------------------ data
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._attach(trainer)
+        super().on_train_start(trainer, pl_module)  # after the sampler's state is restored
         self._first_step_pending = True
 
     def on_exception(
@@ -275,7 +280,13 @@ class AdaptiveImportanceSampling(TrickCallback):
             pending, self._pending = self._pending, None
             self.scores = pending["scores"].clone().float()
             self._batches_seen = pending["batches_seen"]
+            self._refreshed_epoch = pending.get("refreshed_epoch", trainer.current_epoch - 1)
             sampler.load_state_dict(pending["sampler"])
+            # A checkpoint written on an epoch's last batch resumes into the next epoch without
+            # that epoch's end (Lightning runs no epoch-end hook for it): refresh now.
+            if self.refresh_every is None and self._refreshed_epoch < trainer.current_epoch - 1:
+                self.refresh()
+                self._refreshed_epoch = trainer.current_epoch - 1
         self._metrics = None
 
     def _install(self, trainer: pl.Trainer, loader: DataLoader[Any]) -> AdaptiveImportanceSampler:
@@ -393,6 +404,7 @@ class AdaptiveImportanceSampling(TrickCallback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.refresh_every is None and self.sampler is not None:
             self.refresh()
+            self._refreshed_epoch = trainer.current_epoch
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -401,6 +413,7 @@ class AdaptiveImportanceSampling(TrickCallback):
         return {
             "scores": None if self.scores is None else self.scores.clone(),
             "batches_seen": self._batches_seen,
+            "refreshed_epoch": self._refreshed_epoch,
             "sampler": None if self.sampler is None else self.sampler.state_dict(),
         }
 

@@ -53,6 +53,8 @@ class NormLoss(TrickCallback):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TrickConfigurationError: at resume, the checkpoint was written with another layer
+            selection (a change of ``strength`` or ``reduction`` is accepted with a warning).
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -76,6 +78,7 @@ class NormLoss(TrickCallback):
 
     spec = NORM_LOSS_SPEC
     identity_arguments = ("layer_types", "include", "exclude", "exclude_classifier")
+    resume_may_change = ("strength", "reduction")
 
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,12 @@ class IterativeMagnitudePruning(TrickCallback):
     Raises:
         ValueError: an argument is out of range or does not fit the rewinding mode (the message
             names it).
+        TrickConfigurationError: at ``setup``, ``max_epochs`` does not fit the schedule; at
+            ``on_train_start``, ``max_steps`` ends the run before the schedule does; at resume,
+            the checkpoint was written with other values of the schedule arguments (``amount``,
+            ``rounds``, ``epochs_per_round``, ``scope``, ``rewind``, ``rewind_epoch``,
+            ``rewind_step``) or of the layer selection. A change of ``monitor``,
+            ``export_path``, ``export_submodule`` or ``verbose`` is accepted with a warning.
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -123,6 +130,7 @@ class IterativeMagnitudePruning(TrickCallback):
 
     spec = IMP_SPEC
     identity_arguments = ("layer_types", "include", "exclude", "exclude_classifier")
+    resume_may_change = ("monitor", "export_path", "export_submodule", "verbose")
 
     def __init__(
         self,
@@ -216,6 +224,8 @@ class IterativeMagnitudePruning(TrickCallback):
         max_epochs = trainer.max_epochs
         if getattr(trainer, "fast_dev_run", False):
             return  # a smoke run of a few batches: the schedule is not meant to finish
+        if (max_epochs is None or max_epochs == -1) and trainer.max_steps != -1:
+            return  # the schedule stops the run; max_steps is checked at train start
         if max_epochs is None or max_epochs == -1:
             trainer.fit_loop.max_epochs = total
             rank_zero_info(f"{type(self).__name__}: max_epochs set to {total} from the schedule.")
@@ -224,6 +234,20 @@ class IterativeMagnitudePruning(TrickCallback):
                 f"max_epochs={max_epochs} does not fit the schedule: {self.rounds + 1} rounds "
                 f"({self._describe_rounds()}) take {total} epochs.",
                 f"Set max_epochs={total} (or -1 to have it set).",
+            )
+
+    def _check_max_steps(self, trainer: pl.Trainer, steps_per_epoch: int) -> None:
+        """Refuse a ``max_steps`` that ends the run before the schedule's last round."""
+        if trainer.max_steps == -1 or getattr(trainer, "fast_dev_run", False):
+            return
+        needed = self.total_epochs * steps_per_epoch
+        if trainer.max_steps < needed:
+            self._refuse(
+                f"max_steps={trainer.max_steps} ends the run before the schedule does: "
+                f"{self.rounds + 1} rounds ({self._describe_rounds()}) of {steps_per_epoch} "
+                f"optimizer steps per epoch take {needed} steps.",
+                f"Set max_steps=-1 (the schedule stops the run) or max_steps>={needed}, or "
+                "shorten the schedule.",
             )
 
     def _describe_rounds(self) -> str:
@@ -271,6 +295,34 @@ class IterativeMagnitudePruning(TrickCallback):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._check_schedule(trainer)
+            self._check_export(pl_module)
+
+    def _check_export(self, pl_module: pl.LightningModule) -> None:
+        """Refuse an export that could only fail after the whole schedule has trained."""
+        if self.export_submodule is not None:
+            try:
+                pl_module.get_submodule(self.export_submodule)
+            except AttributeError:
+                self._refuse(
+                    f"export_submodule={self.export_submodule!r} is not a sub-module of "
+                    f"{type(pl_module).__name__}.",
+                    "Name one of its sub-modules (e.g. 'model' for TimmClassifier), or None.",
+                )
+        if self.export_path is None:
+            return
+        path = Path(self.export_path)
+        if path.is_dir():
+            self._refuse(
+                f"export_path={self.export_path!r} is a directory.",
+                "Give a file name, e.g. 'pruned.pt' inside it.",
+            )
+        existing = next(parent for parent in path.absolute().parents if parent.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK):
+            self._refuse(
+                f"export_path={self.export_path!r} cannot be written: {existing} is not a "
+                "writable directory.",
+                "Choose a path in a writable directory.",
+            )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
@@ -310,6 +362,7 @@ class IterativeMagnitudePruning(TrickCallback):
         apply_masks_everywhere_(self._params, self._multipliers, trainer.optimizers)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
         # Averaged weights (EMA, SWA) keep the masks: re-masked after every update of theirs.
         self._average_hooks = [
             AverageUpdateHook(callback, after_update=lambda _, average: self._mask_average(average))
@@ -317,9 +370,13 @@ class IterativeMagnitudePruning(TrickCallback):
         ]
         self._mask_averages(trainer)
         batches = trainer.num_training_batches
-        if self.rewind_step is None or not isinstance(batches, int):
+        if not isinstance(batches, int) or math.isinf(batches):
             return
-        steps = self.round_epochs(0) * math.ceil(batches / trainer.accumulate_grad_batches)
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        self._check_max_steps(trainer, steps_per_epoch)
+        if self.rewind_step is None:
+            return
+        steps = self.round_epochs(0) * steps_per_epoch
         if self.rewind_step >= steps:
             self._refuse(
                 f"rewind_step={self.rewind_step} is not inside round 0 ({steps} optimizer steps).",
@@ -358,6 +415,9 @@ class IterativeMagnitudePruning(TrickCallback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        # Lightning skips on_train_epoch_start for the epoch it restarts into after a checkpoint
+        # written on an epoch's last batch: the epoch's work is derived from the saved state.
+        self._start_epoch(trainer, pl_module)
         pending = self.rewind_step is not None and self._snapshot is None
         if pending and trainer.global_step == self.rewind_step:
             self._take_snapshot(trainer, pl_module)
@@ -376,8 +436,12 @@ class IterativeMagnitudePruning(TrickCallback):
             apply_masks_(self._params, self._multipliers)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_epoch(trainer, pl_module)
+
+    def _start_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The work of the current epoch's start (snapshot, next round), once per epoch."""
         epoch = trainer.current_epoch
-        if epoch <= self._handled_epoch:  # the same epoch again, resumed mid-epoch
+        if epoch <= self._handled_epoch:  # done already, or the same epoch resumed mid-epoch
             return
         self._handled_epoch = epoch
         if epoch == 0 and self.rewind in ("lr", "init"):

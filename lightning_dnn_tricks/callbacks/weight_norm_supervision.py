@@ -202,6 +202,9 @@ class WeightNormSupervision(TrickCallback):
         ValueError: an argument is out of range (the message names it).
         TrickConfigurationError: at fit start, a group matches a weight that WeightAlign aligns
             (the message names the layer and the fix).
+            At resume, a checkpoint written with other ``groups`` is refused; a change of
+            ``iterations``, ``tolerance``, ``margin`` or ``max_iterations`` is accepted with a
+            warning.
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -245,6 +248,7 @@ class WeightNormSupervision(TrickCallback):
 
     spec = WEIGHT_NORM_SUPERVISION_SPEC
     identity_arguments = ("groups",)
+    resume_may_change = ("iterations", "tolerance", "margin", "max_iterations")
 
     def __init__(
         self,

@@ -96,6 +96,7 @@ class AdaptiveImportanceSampler(Sampler[tuple[int, float]]):
         self._draw_epoch = -1
         self._blocks_drawn = 0
         self._resume: dict[str, Any] | None = None
+        self._serve_nothing = False
 
     @property
     def num_blocks(self) -> int:
@@ -140,7 +141,19 @@ class AdaptiveImportanceSampler(Sampler[tuple[int, float]]):
         mine = drawn[self.rank * size : (self.rank + 1) * size]
         return mine, importance_weights(self.probabilities, mine)
 
+    def finish_restored_epoch(self) -> None:
+        """End the next iteration at once when the restored state had drawn its whole epoch.
+
+        For a training loop that restarts the epoch a checkpoint finished (Lightning does so
+        with ``max_steps`` set and a checkpoint written at an epoch's end).
+        """
+        if self._resume is not None and self._resume["blocks_drawn"] >= self.num_blocks:
+            self._serve_nothing = True
+
     def __iter__(self) -> Iterator[tuple[int, float]]:
+        if self._serve_nothing:
+            self._serve_nothing, self._resume = False, None
+            return
         resume, self._resume = self._resume, None
         if resume is not None and resume["epoch"] == self.epoch:
             self._generator.set_state(resume["generator"])

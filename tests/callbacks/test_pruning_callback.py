@@ -233,6 +233,56 @@ def test_max_epochs_must_fit_the_schedule() -> None:
         trainer.fit(TinyConvNet(), tiny_loader())
 
 
+class _CountSteps(Callback):
+    steps = 0
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.steps += 1
+
+
+@pytest.mark.parametrize("pruner", [IterativeMagnitudePruning, AcceleratedIMP])
+@pytest.mark.parametrize("max_steps", [4, 11])  # 3 epochs of 4 steps need 12
+def test_max_steps_shorter_than_the_schedule_is_refused_before_training(
+    pruner: type, max_steps: int
+) -> None:
+    extra = {"accelerated_epochs": 1} if pruner is AcceleratedIMP else {}
+    callback = pruner(amount=0.5, rounds=2, epochs_per_round=1, **extra)
+    counter = _CountSteps()
+    trainer = pl.Trainer(max_steps=max_steps, callbacks=[callback, counter], **QUIET_TRAINER)
+    with pytest.raises(TrickConfigurationError, match=f"max_steps={max_steps}.*take 12 steps"):
+        trainer.fit(TinyConvNet(), tiny_loader())
+    assert counter.steps == 0
+
+
+def test_max_steps_long_enough_runs_the_whole_schedule() -> None:
+    callback = IterativeMagnitudePruning(amount=0.5, rounds=2, epochs_per_round=1, verbose=False)
+    trainer = pl.Trainer(max_steps=100, callbacks=[callback], **QUIET_TRAINER)
+    trainer.fit(TinyConvNet(), tiny_loader())
+    assert trainer.global_step == 12  # the schedule stopped the run
+    assert callback.history[-1]["sparsity"] == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"export_submodule": "backbone"}, "export_submodule='backbone' is not a sub-module"),
+        ({"export_path": "."}, "is a directory"),
+        ({"export_path": "{tmp}/a_file/pruned.pt"}, "cannot be written"),
+    ],
+)
+def test_bad_export_is_refused_at_setup(
+    arguments: dict[str, Any], match: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a_file").write_text("not a directory")
+    arguments = {k: v.format(tmp=tmp_path) for k, v in arguments.items()}
+    callback = IterativeMagnitudePruning(amount=0.5, rounds=1, epochs_per_round=1, **arguments)
+    counter = _CountSteps()
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback, counter], **QUIET_TRAINER)
+    with pytest.raises(TrickConfigurationError, match=match):
+        trainer.fit(TinyConvNet(), tiny_loader())
+    assert counter.steps == 0
+
+
 def test_rewind_step_outside_round_zero_is_refused_before_training() -> None:
     callback = IterativeMagnitudePruning(
         amount=0.5, rounds=1, epochs_per_round=1, rewind="weights", rewind_step=4
@@ -295,7 +345,9 @@ def test_exported_timm_backbone_loads_into_a_fresh_timm_model(tmp_path: Path) ->
     )
     pl.seed_everything(0)
     module = TimmClassifier(name, num_classes=3, in_chans=1)
-    trainer = pl.Trainer(max_epochs=2, callbacks=[callback], max_steps=5, **QUIET_TRAINER)
+    trainer = pl.Trainer(
+        max_epochs=2, callbacks=[callback], limit_train_batches=2, **QUIET_TRAINER
+    )
     trainer.fit(module, tiny_loader())
     fresh = timm.create_model(name, num_classes=3, in_chans=1)
     fresh.load_state_dict(torch.load(path, weights_only=True))  # plain tensors only

@@ -7,12 +7,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_dnn_tricks.callbacks import (
+    BNSR,
+    AcceleratedIMP,
+    AdaptiveImportanceSampling,
+    IterativeMagnitudePruning,
+    NormGroup,
+    NormLoss,
+    WeightAlign,
+    WeightNormSupervision,
+)
 from lightning_dnn_tricks.models.base import ExampleLosses, SupervisedModule
+from lightning_dnn_tricks.optim import SGDG2, FrankWolfe
 
 
 class CompositionModel(SupervisedModule):
@@ -51,3 +63,52 @@ def loader() -> DataLoader:
     x = torch.randn(16, 1, 6, 6, generator=generator)
     y = torch.randint(0, 4, (16,), generator=generator)
     return DataLoader(TensorDataset(x, y), batch_size=4)
+
+
+def sgd(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def trick_callbacks(name: str, second: bool = False) -> list[pl.Callback]:
+    part = "head" if second else "backbone"
+    builders: dict[str, Callable[[], list[pl.Callback]]] = {
+        "iterative_pruning": lambda: [
+            IterativeMagnitudePruning(
+                amount=0.5,
+                rounds=2,
+                epochs_per_round=1,
+                monitor=None,
+                verbose=False,
+                include=part if second else None,
+            )
+        ],
+        "accelerated_pruning": lambda: [
+            AcceleratedIMP(
+                amount=0.5,
+                rounds=2,
+                epochs_per_round=1,
+                accelerated_epochs=1,
+                monitor=None,
+                verbose=False,
+                include=part if second else None,
+            )
+        ],
+        "norm_loss": lambda: [NormLoss(strength=0.1, include=part)],
+        "weight_align": lambda: [
+            WeightAlign(include=part, include_linear=True, exclude_classifier=False)
+        ],
+        "bnsr": lambda: [BNSR(include=r"backbone\.4" if second else r"backbone\.1")],
+        "weight_norm_supervision": lambda: [
+            WeightNormSupervision(groups=[NormGroup(f"g{int(second)}", bound=0.5, include=part)])
+        ],
+        "importance_sampling": lambda: [AdaptiveImportanceSampling(refresh_every=2)],
+        "sgdg2": list,
+        "frank_wolfe": list,
+    }
+    return builders[name]()
+
+
+OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
+    "sgdg2": lambda params: SGDG2(params, lr=0.02),
+    "frank_wolfe": lambda params: FrankWolfe(params, lr=1e-2, inner_steps=2),
+}

@@ -7,83 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from composition_model import CompositionModel, loader
+from composition_model import OPTIMIZERS, CompositionModel, loader, sgd, trick_callbacks
 from ldt_testing import QUIET_TRAINER
 from lightning.pytorch import callbacks as lc
 
 from lightning_dnn_tricks import TrickConfigurationError
-from lightning_dnn_tricks.callbacks import (
-    BNSR,
-    AcceleratedIMP,
-    AdaptiveImportanceSampling,
-    IterativeMagnitudePruning,
-    NormGroup,
-    NormLoss,
-    WeightAlign,
-    WeightNormSupervision,
-)
+from lightning_dnn_tricks.callbacks import AdaptiveImportanceSampling, NormLoss
 from lightning_dnn_tricks.callbacks._lightning import averaged_module
 from lightning_dnn_tricks.composition import Party, composition_pairs, conflict
 from lightning_dnn_tricks.nn.bnsr import BNSR_CLASSES
 from lightning_dnn_tricks.nn.weight_align import is_weight_aligned
-from lightning_dnn_tricks.optim import SGDG2, FrankWolfe
 
 EPOCHS = 3
-
-
-def sgd(params: Any) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
-
-
-# -- each party: how to build it (second: a second instance of a trick) and its effect ----------
-def _trick(name: str, second: bool) -> list[pl.Callback]:
-    part = "head" if second else "backbone"
-    builders: dict[str, Callable[[], list[pl.Callback]]] = {
-        "iterative_pruning": lambda: [
-            IterativeMagnitudePruning(
-                amount=0.5,
-                rounds=2,
-                epochs_per_round=1,
-                monitor=None,
-                verbose=False,
-                include=part if second else None,
-            )
-        ],
-        "accelerated_pruning": lambda: [
-            AcceleratedIMP(
-                amount=0.5,
-                rounds=2,
-                epochs_per_round=1,
-                accelerated_epochs=1,
-                monitor=None,
-                verbose=False,
-                include=part if second else None,
-            )
-        ],
-        "norm_loss": lambda: [NormLoss(strength=0.1, include=part)],
-        "weight_align": lambda: [
-            WeightAlign(include=part, include_linear=True, exclude_classifier=False)
-        ],
-        "bnsr": lambda: [BNSR(include=r"backbone\.4" if second else r"backbone\.1")],
-        "weight_norm_supervision": lambda: [
-            WeightNormSupervision(groups=[NormGroup(f"g{int(second)}", bound=0.5, include=part)])
-        ],
-        "importance_sampling": lambda: [AdaptiveImportanceSampling(refresh_every=2)],
-        "sgdg2": list,
-        "frank_wolfe": list,
-    }
-    return builders[name]()
-
-
-OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
-    "sgdg2": lambda params: SGDG2(params, lr=0.02),
-    "frank_wolfe": lambda params: FrankWolfe(params, lr=1e-2, inner_steps=2),
-}
 
 
 def _builtin(name: str, tmp_path: Path) -> list[pl.Callback]:
@@ -102,7 +41,29 @@ def _builtin(name: str, tmp_path: Path) -> list[pl.Callback]:
             dirpath=tmp_path, every_n_train_steps=4, save_top_k=-1
         ),
     }
-    return [builders[name]()]
+    callback = builders[name]()
+    if isinstance(callback, lc.StochasticWeightAveraging):
+        return [callback, _TransferProbe(callback)]
+    return [callback]
+
+
+class _TransferProbe(pl.Callback):
+    """Records how far the model is from SWA's average right after SWA copied it in.
+
+    SWA transfers its average at the start of its extra BatchNorm epoch; Lightning then takes
+    one more optimizer step in that epoch (with the last gradient), so the finished model is
+    not the average: the transfer itself is what is checked.
+    """
+
+    def __init__(self, swa: lc.StochasticWeightAveraging) -> None:
+        self.swa = swa
+        self.gap: float | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        average = averaged_module(self.swa)
+        if average is not None and trainer.current_epoch == self.swa.swa_end + 1:
+            pairs = zip(pl_module.parameters(), average.parameters(), strict=True)
+            self.gap = max(float((p - q.to(p.device)).abs().max()) for p, q in pairs)
 
 
 def _weights(model: CompositionModel) -> list[torch.Tensor]:
@@ -141,10 +102,13 @@ def _check_effect(name: str, trainer: pl.Trainer, model: CompositionModel, secon
     elif name == "frank_wolfe":
         fw = trainer.optimizers[0]
         assert fw.swapped or not fw.mid_trajectory(), "the weights hold a trajectory point"
-    elif name in ("StochasticWeightAveraging", "EMAWeightAveraging"):
+    elif name == "StochasticWeightAveraging":
+        cb = next(c for c in callbacks if isinstance(c, lc.StochasticWeightAveraging))
+        probe = next(c for c in callbacks if isinstance(c, _TransferProbe))
+        assert cb.n_averaged is not None and int(cb.n_averaged) >= 2, "SWA averaged < 2 points"
+        assert probe.gap is not None and probe.gap < 1e-6, f"not the average: {probe.gap}"
+    elif name == "EMAWeightAveraging":
         cb = next(c for c in callbacks if type(c).__name__ == name)
-        if name == "StochasticWeightAveraging":
-            assert cb.n_averaged is not None and int(cb.n_averaged) >= 2, "SWA averaged < 2 points"
         average = averaged_module(cb)
         assert average is not None
         for (key, p), q in zip(model.named_parameters(), average.parameters(), strict=True):
@@ -181,7 +145,7 @@ def test_every_party_has_a_builder_and_an_effect(tmp_path: Path) -> None:
     names = {party.name for pair in PAIRS for party in pair}
     tricks = {name for name in names if name[0].islower()}
     for name in tricks:
-        _trick(name, second=False)
+        trick_callbacks(name, second=False)
     for name in names - tricks:
         _builtin(name, tmp_path)
     assert len(PAIRS) == len(tricks) * (len(tricks) + 1) // 2 + len(tricks) * len(names - tricks)
@@ -193,9 +157,9 @@ def test_pair_is_refused_or_has_both_effects(pair: tuple[Party, Party], tmp_path
     first, second = pair
     same = first.name == second.name
     optimizer_names = [p.name for p in pair if p.name in OPTIMIZERS]
-    callbacks = _trick(first.name, second=False)
+    callbacks = trick_callbacks(first.name, second=False)
     if second.name[0].islower():
-        callbacks += _trick(second.name, second=same)
+        callbacks += trick_callbacks(second.name, second=same)
     else:
         callbacks += _builtin(second.name, tmp_path)
     pl.seed_everything(0)
