@@ -28,8 +28,9 @@ def check_number(
     """Raise ``ValueError`` unless ``value`` is a finite number inside the given interval."""
     kind = "an integer" if integer else "a number"
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not is_number or (integer and not isinstance(value, int)) or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
+    if not is_number or (integer and not isinstance(value, int)) or not _finite(value):
+        shown = value if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+        raise ValueError(f"`{name}` must be {kind} (finite, float64-representable), got {shown!r}.")
     left = "[" if low_inclusive else "("
     right = "]" if high_inclusive else ")"
     interval = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
@@ -37,6 +38,19 @@ def check_number(
     too_high = high is not None and (value > high if high_inclusive else value >= high)
     if too_low or too_high:
         raise ValueError(f"`{name}` must be in {interval}, got {value!r}.")
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``bool`` (not ``"false"``, not ``0``/``1``)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:

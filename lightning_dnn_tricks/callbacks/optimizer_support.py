@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,10 +23,14 @@ from lightning_dnn_tricks.callbacks._lightning import (
 from lightning_dnn_tricks.callbacks.base import TrickCallback
 from lightning_dnn_tricks.composition import conflict, trick_party
 from lightning_dnn_tricks.optim import SGDG2, FrankWolfe, preserve_buffers
+from lightning_dnn_tricks.optim._common import AttributeFingerprint
 from lightning_dnn_tricks.registry import Capabilities
-from lightning_dnn_tricks.validation import TrickConfigurationError
+from lightning_dnn_tricks.validation import TrickConfigurationError, TrickWarning
 
 _OURS = (SGDG2, FrankWolfe)
+#: Steps whose first evaluation is checked for state carried on the module: the first ones of a
+#: fit, then a sample (a fingerprint costs a few us per module).
+_CHECKED_STEPS, _CHECK_EVERY = 16, 100
 
 
 def _unwrap(optimizer: Any) -> Any:
@@ -74,6 +79,16 @@ def preserved_metric_states(pl_module: pl.LightningModule) -> Iterator[None]:
             metric._update_count, metric._computed = count, computed
 
 
+def watched_modules(pl_module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The module and its submodules whose own attributes can carry state (not torchmetrics)."""
+    metrics = [name for name, m in pl_module.named_modules() if isinstance(m, Metric)]
+    return [
+        (name, module)
+        for name, module in pl_module.named_modules()
+        if not any(name == m or name.startswith(m + ".") for m in metrics)
+    ]
+
+
 def _capability_checker(optimizer: torch.optim.Optimizer) -> TrickCallback:
     """A TrickCallback carrying the optimizer's registry spec, for the generic Trainer checks."""
     cls: Any = type(optimizer)
@@ -97,6 +112,15 @@ class OptimizerSupport(Callback):
       running statistics (any buffer) or torchmetrics states a second time and logs nothing:
       one loss, the one at ``X``, is logged per step (the optimizer itself replays the RNG, so
       dropout draws the same masks);
+    - warns once (``TrickWarning``) when ``training_step`` changes the module's own attributes
+      (plain tensors, numbers and tuples of tensors in the ``__dict__`` of the module and its
+      submodules, torchmetrics excluded) during the first evaluation of a step: an RNN's hidden
+      state carried between batches, a counter. The probe would then start from other values.
+      Checked by identity and tensor version counters (no data read, no host sync) on the first
+      16 steps of a fit and every 100th step after;
+    - names the Trainer's LR schedulers of an ``SGDG2`` (``lr_scheduler_name``), so that the
+      warning SGDG2 gives when something overwrites its adapted ``lr`` names the scheduler (a
+      warning, not a refusal: a multiplicative schedule composes with the adaptation);
     - for ``FrankWolfe``, makes validation, checkpoints and the end of training see the anchor
       weights with no per-step copy: the anchors are swapped in around validation and when
       training ends; the module's ``state_dict`` (so every checkpoint, ``weights_only``
@@ -111,6 +135,9 @@ class OptimizerSupport(Callback):
     Raises:
         TrickConfigurationError: at fit start, when the Trainer conflicts with an optimizer.
 
+    Warns:
+        TrickWarning: state carried on the module between the two evaluations (see above).
+
     Examples:
         >>> import lightning.pytorch as pl
         >>> trainer = pl.Trainer(callbacks=[OptimizerSupport()], logger=False)
@@ -124,6 +151,10 @@ class OptimizerSupport(Callback):
         self._names: dict[int, str] = {}
         self._average_hooks: list[AverageUpdateHook] = []
         self._averaging: list[FrankWolfe] = []
+        self._watched: list[tuple[str, nn.Module]] = []
+        self._carried: list[str] = []
+        self._warned_carried = False
+        self._steps = 0
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
@@ -136,8 +167,14 @@ class OptimizerSupport(Callback):
                 continue
             self.check(trainer, pl_module, optimizer)
             if isinstance(optimizer, SGDG2):
-                handle = optimizer.register_probe_hook(lambda: self._probe(pl_module))
-                self._handles.append(handle)
+                self._watched = watched_modules(pl_module)
+                self._handles += [
+                    optimizer.register_first_evaluation_hook(self._first_evaluation),
+                    optimizer.register_probe_hook(
+                        functools.partial(self._probe, pl_module, optimizer)
+                    ),
+                ]
+                optimizer.lr_scheduler_name = self._scheduler_names(trainer, optimizer)
                 self._closure_optimizers.append(optimizer)
             else:
                 self._frank_wolfe.append(optimizer)
@@ -190,8 +227,46 @@ class OptimizerSupport(Callback):
             if message is not None:
                 raise TrickConfigurationError(message)
 
+    @staticmethod
+    def _scheduler_names(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> str | None:
+        """The Trainer's LR schedulers of ``optimizer`` by class name, for SGDG2's warning."""
+        names = [
+            f"{type(config.scheduler).__name__} (the Trainer's LR scheduler, interval "
+            f"{config.interval!r})"
+            for config in getattr(trainer, "lr_scheduler_configs", [])
+            if _unwrap(getattr(config.scheduler, "optimizer", None)) is optimizer
+        ]
+        return ", ".join(names) or None
+
     @contextlib.contextmanager
-    def _probe(self, pl_module: pl.LightningModule) -> Iterator[None]:
+    def _first_evaluation(self) -> Iterator[None]:
+        """Records which of the module's own attributes the first evaluation changes: on the
+        first ``_CHECKED_STEPS`` steps of a fit, then every ``_CHECK_EVERY``-th (a few us per
+        module each time, in Python)."""
+        self._steps += 1
+        sampled = self._steps <= _CHECKED_STEPS or self._steps % _CHECK_EVERY == 0
+        if self._warned_carried or not sampled:
+            yield
+            return
+        before = AttributeFingerprint(self._watched)
+        yield
+        self._carried = AttributeFingerprint(self._watched).changed_since(before)
+
+    @contextlib.contextmanager
+    def _probe(self, pl_module: pl.LightningModule, optimizer: SGDG2) -> Iterator[None]:
+        if self._carried and not self._warned_carried:
+            self._warned_carried = True
+            warnings.warn(
+                f"{type(optimizer).__name__}: training_step changed the module's own "
+                f"attributes {self._carried} during the first gradient evaluation of the step "
+                "(state carried between calls: an RNN's hidden state, a counter), so the probe's "
+                "second evaluation starts from other values: its gradient is taken at a "
+                "different point, the probe changes them again, and the next batch sees what "
+                "the probe left. Pass such state with the batch or reset it in training_step, "
+                "or use a one-evaluation optimizer. Warned once.",
+                TrickWarning,
+                stacklevel=2,
+            )
         with (
             preserve_buffers(pl_module),
             preserved_metric_states(pl_module),
@@ -293,6 +368,9 @@ class OptimizerSupport(Callback):
             handle.remove()
         for hook in self._average_hooks:
             hook.remove()
+        for optimizer in self._closure_optimizers:
+            optimizer.lr_scheduler_name = None
+        self._watched, self._carried, self._warned_carried, self._steps = [], [], False, 0
         self._average_hooks, self._averaging = [], []
         self._handles, self._frank_wolfe, self._closure_optimizers = [], [], []
         self._validating, self._names = [], {}

@@ -52,8 +52,10 @@ class WeightAlign(SurgeryCallback):
     per filter ``i`` (mean ``mu_i``, population standard deviation ``sigma_i``, learnable gain
     ``gamma_i`` initialised to ``gain``). No sample statistics: the layer behaves the same at any
     batch size, alone or with BatchNorm/GroupNorm. Layers that already standardise their weights
-    (timm ``StdConv2d``, ``ScaledStdConv2d``) are skipped with a notice; the summary of changed and
-    skipped layers is printed once (rank zero), and a warning is raised when no layer matched.
+    (timm ``StdConv2d``, ``ScaledStdConv2d``) and layers whose filters have a fan-in below 2
+    (``Linear(1, n)``, a depthwise 1x1 conv: they would be dead) are skipped with a notice; the
+    summary of changed and skipped layers (with each reason) is printed once (rank zero), and a
+    warning is raised when no layer matched.
     Applying twice (a second ``fit``, ``test`` after ``fit``) changes nothing more. The mean gain
     is logged as ``weight_align/mean_gain``.
 
@@ -68,7 +70,7 @@ class WeightAlign(SurgeryCallback):
         exclude: regular expression on module names to leave out.
 
     Raises:
-        ValueError: an argument is out of range (the message names it).
+        ValueError: an argument is out of range or of the wrong type (the message names it).
         TrickConfigurationError: at ``setup``, the Trainer uses an unsupported precision
             (``16-mixed`` is untested) or strategy.
 
@@ -103,7 +105,9 @@ class WeightAlign(SurgeryCallback):
         include: str | None = None,
         exclude: str | None = None,
     ) -> None:
-        check_weight_align_arguments(layer_types, include, exclude, gain, eps)
+        check_weight_align_arguments(
+            layer_types, include, exclude, gain, eps, include_linear, exclude_classifier
+        )
         self.gain = float(gain)
         self.eps = float(eps)
         self.layer_types = tuple(layer_types)

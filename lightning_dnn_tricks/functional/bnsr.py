@@ -66,6 +66,11 @@ def check_bnsr_arguments(
     return make_warp(warp, alpha, newton_steps)
 
 
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+
+
 def apply_bnsr(
     model: nn.Module,
     alpha: float = 1.0,
@@ -101,7 +106,9 @@ def apply_bnsr(
         when no layer matched.
 
     Raises:
-        ValueError: an argument is out of range (the message names it).
+        ValueError: an argument is out of range or of the wrong type (the message names it).
+        TypeError: ``model`` is not an ``nn.Module``, or ``warp`` is neither a name nor a
+            ``Warp``.
 
     Examples:
         >>> import timm
@@ -112,8 +119,11 @@ def apply_bnsr(
         bnsr: changed 0 layers; 20 already applied
 
     Note:
-        BNSR's nonlinearity is our reconstruction of the paper (METHODS.md §8).
+        BNSR's nonlinearity is our reconstruction of the paper (METHODS.md §8). The layers
+        compute in float32 also in a model cast to float16/bfloat16, and pass an empty batch
+        through like BatchNorm (see :class:`~lightning_dnn_tricks.nn.bnsr.BNSR1d`).
     """
+    _check_model(model)
     built = check_bnsr_arguments(warp, alpha, newton_steps, include, exclude, compiled)
     summary = replace_batch_norms(model, built, include, exclude, compiled)
     summary.warn_if_empty("BNSR")
@@ -128,7 +138,12 @@ def remove_bnsr(
     The parameters and BatchNorm running statistics are kept (shared); the warp's running
     averages are dropped. The result computes plain BatchNorm, which differs from the trained
     BNSR model unless its warp was the identity.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``include`` or ``exclude`` is not a valid regular expression.
     """
+    _check_model(model)
     check_pattern("include", include)
     check_pattern("exclude", exclude)
     return restore_batch_norms(model, include=include, exclude=exclude)

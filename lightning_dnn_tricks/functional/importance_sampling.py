@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_dnn_tricks.validation import check_number
+
 Score = Literal["logit_grad", "loss", "grad_norm"]
 SCORES: tuple[Score, ...] = ("logit_grad", "loss", "grad_norm")
 
@@ -41,10 +43,13 @@ RECORD_APPLIED, RECORD_LOSS, RECORD_LOGIT_GRAD = 0, 1, 2
 RECORD_WIDTH = 3
 
 
-def _check_theta(theta: float) -> None:
-    valid = isinstance(theta, int | float) and not isinstance(theta, bool)
-    if not valid or not math.isfinite(theta) or not 0.0 <= theta <= 1.0:
-        raise ValueError(f"`theta` must be in [0, 1], got {theta!r}.")
+def _check_tensor(name: str, value: Any) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a tensor, got {type(value).__name__}.")
+
+
+def _check_label_smoothing(label_smoothing: float) -> None:
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
 
 
 def importance_probabilities(scores: Tensor, theta: float = 0.3) -> Tensor:
@@ -61,13 +66,15 @@ def importance_probabilities(scores: Tensor, theta: float = 0.3) -> Tensor:
 
     Raises:
         ValueError: ``theta`` is out of range or ``scores`` is not a non-empty 1-D tensor.
+        TypeError: ``scores`` is not a tensor.
 
     Examples:
         >>> import torch
         >>> importance_probabilities(torch.tensor([3.0, 1.0]), theta=0.5)
         tensor([0.6250, 0.3750], dtype=torch.float64)
     """
-    _check_theta(theta)
+    check_number("theta", theta, low=0.0, high=1.0)
+    _check_tensor("scores", scores)
     if scores.dim() != 1 or scores.numel() == 0:
         raise ValueError(
             f"`scores` must be a non-empty 1-D tensor, got shape {tuple(scores.shape)}."
@@ -89,18 +96,29 @@ def importance_weights(probabilities: Tensor, indices: Tensor | None = None) -> 
 
     A zero probability gives an infinite weight (such an example is never drawn).
 
+    Raises:
+        TypeError: ``probabilities`` or ``indices`` is not a tensor.
+
     Examples:
         >>> import torch
         >>> importance_weights(torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0, 2]))
         tensor([0.6667, 1.3333])
     """
+    _check_tensor("probabilities", probabilities)
+    if indices is not None:
+        _check_tensor("indices", indices)
     n = probabilities.numel()
     p = probabilities if indices is None else probabilities[indices]
     return 1.0 / (n * p)
 
 
 def effective_sample_size(weights: Tensor) -> Tensor:
-    """Kish's effective sample size ``(sum w)^2 / sum w^2`` of a set of weights (0 if empty)."""
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` of a set of weights (0 if empty).
+
+    Raises:
+        TypeError: ``weights`` is not a tensor.
+    """
+    _check_tensor("weights", weights)
     w = weights.detach().to(torch.float64)
     squares = (w * w).sum()
     if w.numel() == 0 or not squares > 0:
@@ -114,12 +132,25 @@ def ess_fraction(probabilities: Tensor) -> Tensor:
     It is ``1 / E_p[w^2]`` for the weights ``w_i = 1/(n p_i)`` (whose mean under ``p`` is 1), in
     (0, 1], and 1 exactly for the uniform distribution; 0 when some ``p_i`` is 0.
 
+    An empty ``probabilities`` (no examples) gives 1.0: with nothing to draw, importance sampling
+    and uniform sampling coincide, so it loses no efficiency against uniform; 1.0 also keeps
+    "1 means uniform" true and never trips a low-ESS alarm. (Kish's
+    :func:`effective_sample_size` of no weights is 0: it counts samples, this is a ratio.)
+
+    Raises:
+        TypeError: ``probabilities`` is not a tensor.
+
     Examples:
         >>> import torch
         >>> ess_fraction(torch.full((4,), 0.25)).item()
         1.0
+        >>> ess_fraction(torch.zeros(0)).item()
+        1.0
     """
+    _check_tensor("probabilities", probabilities)
     p = probabilities.detach().to(torch.float64)
+    if p.numel() == 0:
+        return torch.ones((), dtype=torch.float64, device=p.device)
     return p.numel() ** 2 / (1.0 / p).sum()
 
 
@@ -131,19 +162,26 @@ def logit_grad_norm(logits: Tensor, targets: Tensor, label_smoothing: float = 0.
     ``(1 - eps) onehot + eps / C``). For per-position logits ``(B, T..., C)`` with targets
     ``(B, T...)`` and a per-example loss averaged over the ``T`` positions, it is
     ``sqrt(sum_t ||softmax(z_it) - q_it||^2) / T``. Computed in float32 or wider, no graph.
+    With no positions (``T = 0``) the per-example loss, a mean over nothing, is taken as 0 with
+    no gradient, so the norm is 0 (never NaN): such an example scores like one already learnt.
 
     Raises:
-        ValueError: the shapes do not match.
+        TypeError: ``logits`` or ``targets`` is not a tensor.
+        ValueError: the shapes do not match, there are no classes, or ``label_smoothing`` is
+            not in ``[0, 1]``.
 
     Examples:
         >>> import torch
         >>> logit_grad_norm(torch.zeros(1, 2), torch.tensor([0]))   # ||(0.5, 0.5) - (1, 0)||
         tensor([0.7071])
     """
-    if logits.dim() < 2 or targets.shape != logits.shape[:-1]:
+    _check_tensor("logits", logits)
+    _check_tensor("targets", targets)
+    _check_label_smoothing(label_smoothing)
+    if logits.dim() < 2 or targets.shape != logits.shape[:-1] or logits.shape[-1] == 0:
         raise ValueError(
-            "`logits` must be (B, ..., C) with `targets` (B, ...) class indices, got shapes "
-            f"{tuple(logits.shape)} and {tuple(targets.shape)}."
+            "`logits` must be (B, ..., C) with C >= 1 and `targets` (B, ...) class indices, got "
+            f"shapes {tuple(logits.shape)} and {tuple(targets.shape)}."
         )
     z = logits.detach()
     z = z.to(torch.promote_types(z.dtype, torch.float32))
@@ -152,7 +190,7 @@ def logit_grad_norm(logits: Tensor, targets: Tensor, label_smoothing: float = 0.
     if label_smoothing:
         q = (1.0 - label_smoothing) * q + label_smoothing / num_classes
     squared = (torch.softmax(z, dim=-1) - q).square().flatten(1).sum(dim=1)
-    return squared.sqrt() / math.prod(targets.shape[1:])
+    return squared.sqrt() / max(1, math.prod(targets.shape[1:]))  # T = 0: sum of nothing, 0
 
 
 def is_importance_batch(batch: Any) -> bool:
@@ -183,15 +221,35 @@ def importance_weighted_mean(
         targets: the class targets ``(B, ...)`` matching ``logits``.
         label_smoothing: the label smoothing of the cross-entropy (exact logit gradient).
 
+    Returns:
+        The weighted mean, a scalar; 0 (in the graph, with zero gradients) for an empty batch,
+        where the mean of nothing would be NaN: an empty batch then changes nothing, as it
+        carries no gradient information, and a sum of losses over batches stays finite.
+
     Raises:
-        ValueError: the shapes of ``losses``, the weights, ``logits`` or ``targets`` disagree.
+        ValueError: the shapes of ``losses``, the weights, ``logits`` or ``targets`` disagree,
+            or ``label_smoothing`` is not in ``[0, 1]``.
+        TypeError: ``losses``, the weights, ``logits`` or ``targets`` is not a tensor, or
+            ``batch`` is neither a mapping nor a tensor.
 
     Examples:
         >>> import torch
         >>> importance_weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 1.5]))
         tensor(2.5000)
+        >>> importance_weighted_mean(torch.zeros(0), torch.zeros(0))
+        tensor(0.)
     """
-    weights = batch[WEIGHT_KEY] if isinstance(batch, Mapping) else batch
+    _check_tensor("losses", losses)
+    if isinstance(batch, Mapping):
+        if WEIGHT_KEY not in batch:
+            raise ValueError(f"`batch` is a mapping without the {WEIGHT_KEY!r} key.")
+        weights = batch[WEIGHT_KEY]
+    elif isinstance(batch, Tensor):
+        weights = batch
+    else:
+        raise TypeError(f"`batch` must be a mapping or a tensor, got {type(batch).__name__}.")
+    _check_tensor("batch['weight']", weights)
+    _check_label_smoothing(label_smoothing)
     if losses.dim() != 1 or weights.shape != losses.shape:
         raise ValueError(
             "`losses` must be per-example losses (B,) matching the importance weights, got "
@@ -207,7 +265,10 @@ def importance_weighted_mean(
                 norms = logit_grad_norm(logits, targets, label_smoothing)
                 record[:, RECORD_LOGIT_GRAD] = norms.to(record.dtype)
             record[:, RECORD_APPLIED] = 1.0
-    return (losses * weights.to(losses.dtype)).mean()
+    weighted = losses * weights.to(losses.dtype)
+    if weighted.numel() == 0:  # a shape, not a value: no host sync
+        return weighted.sum()
+    return weighted.mean()
 
 
 def per_example_grad_norms(
@@ -232,6 +293,11 @@ def per_example_grad_norms(
         chunk_size: examples per vectorised chunk (memory grows with chunk x parameters);
             ``None``: all at once.
 
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``loss_fn`` is not callable, or
+            ``inputs``/``targets`` is not a tensor.
+        ValueError: ``chunk_size`` is neither ``None`` nor an integer ``>= 1``.
+
     Examples:
         >>> import torch
         >>> layer = torch.nn.Linear(2, 1, bias=False)
@@ -241,6 +307,14 @@ def per_example_grad_norms(
         >>> per_example_grad_norms(layer, loss, torch.tensor([[1.0, 0.0]]), torch.zeros(1, 1))
         tensor([2.])
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be callable, got {type(loss_fn).__name__}.")
+    _check_tensor("inputs", inputs)
+    _check_tensor("targets", targets)
+    if chunk_size is not None:
+        check_number("chunk_size", chunk_size, low=1, integer=True)
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_dnn_tricks.validation import check_choice, check_number
+
 Reduction = Literal["mean", "sum"]
 REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum")
 
@@ -26,7 +28,15 @@ _ZERO_NORM = 1e-12
 
 
 def _check_weights(weights: Sequence[Tensor]) -> None:
+    if isinstance(weights, Tensor) or not isinstance(weights, Sequence):
+        raise TypeError(
+            f"`weights` must be a sequence (list, tuple) of tensors, got {type(weights).__name__}."
+        )
     for weight in weights:
+        if not isinstance(weight, Tensor):
+            raise TypeError(
+                f"`weights` must hold tensors only, got an item of type {type(weight).__name__}."
+            )
         if weight.dim() < 2:
             raise ValueError(
                 "Norm Loss acts on weights with one row per output unit (dim >= 2); "
@@ -39,8 +49,21 @@ def _row_dims(weight: Tensor) -> tuple[int, ...]:
 
 
 def row_norms(weights: Sequence[Tensor]) -> list[Tensor]:
-    """The L2 norm of every row (output unit) of each weight, computed in float32 or wider."""
+    """The L2 norm of every row (output unit) of each weight, computed in float32 or wider.
+
+    A row whose sum of squares overflows the computation dtype (float32: a norm above about
+    ``1.8e19``) has norm ``inf`` here; :func:`add_norm_loss_grad_` still gives it a finite,
+    exact gradient.
+
+    Raises:
+        TypeError: ``weights`` is not a sequence of tensors.
+        ValueError: a weight has fewer than 2 dimensions.
+    """
     _check_weights(weights)
+    return _row_norms(weights)
+
+
+def _row_norms(weights: Sequence[Tensor]) -> list[Tensor]:
     return [
         torch.linalg.vector_norm(
             w.detach(), dim=_row_dims(w), dtype=torch.promote_types(w.dtype, torch.float32)
@@ -58,7 +81,18 @@ def norm_loss(weights: Sequence[Tensor], reduction: Reduction = "mean") -> Tenso
             ``"sum"`` adds them.
 
     Returns:
-        A scalar tensor; zero for an empty ``weights``.
+        A scalar tensor; zero for an empty ``weights``. A weight without entries (0 rows or 0
+        columns) holds nothing to regularise: it contributes 0 (with an empty gradient), like
+        in :func:`add_norm_loss_grad_`.
+
+    Raises:
+        TypeError: ``weights`` is not a sequence of tensors.
+        ValueError: a weight has fewer than 2 dimensions, or ``reduction`` is unknown.
+
+    Note:
+        In float32 a row norm above about ``1.8e19`` makes this loss ``inf`` (its true value is
+        beyond float32) and its autograd gradient NaN; :func:`add_norm_loss_grad_` stays finite
+        there.
 
     Examples:
         >>> import torch
@@ -66,13 +100,15 @@ def norm_loss(weights: Sequence[Tensor], reduction: Reduction = "mean") -> Tenso
         >>> norm_loss([w]).item()                        # ((1-5)^2 + 0) / 2
         8.0
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
+    check_choice("reduction", reduction, REDUCTIONS)
     _check_weights(weights)
     if not weights:
         return torch.zeros(())
     terms = []
     for w in weights:
+        if w.numel() == 0:
+            terms.append(w.sum())  # 0, in the graph
+            continue
         squared = (1.0 - torch.linalg.vector_norm(w, dim=_row_dims(w))) ** 2
         terms.append(squared.mean() if reduction == "mean" else squared.sum())
     return torch.stack(terms).sum()
@@ -84,15 +120,26 @@ def add_norm_loss_grad_(
     """Add ``strength * dL_norm/dw`` to each weight's ``.grad`` in place; return the row norms.
 
     A weight whose ``.grad`` is ``None`` receives the Norm Loss gradient alone. A row of zeros
-    gets zero gradient (the sub-gradient at the kink of ``||w||``), never NaN.
+    (norm below ``1e-12``) gets zero gradient (the sub-gradient at the kink of ``||w||``), never
+    NaN. A row whose norm overflows float32's squares (above about ``1.8e19``) gets the exact
+    gradient ``2 c w_i``: its coefficient ``(||w_i|| - 1) / ||w_i||`` is 1 to float64 precision,
+    so the update matches a float64 computation without an extra pass over the weights. A weight
+    without entries (0 rows or 0 columns) is left alone.
 
     Args:
         weights: parameters with one row per output unit.
-        strength: the factor ``lambda`` of ``L + lambda * L_norm``.
+        strength: the factor ``lambda`` of ``L + lambda * L_norm`` (``>= 0``: a negative one
+            would ascend the Norm Loss).
         reduction: ``"mean"`` (``1/C_out`` per layer, the paper's form) or ``"sum"``.
 
     Returns:
-        All row norms concatenated (float32), measured before the update, for logging.
+        All row norms of the weights with entries, concatenated (float32), measured before the
+        update, for logging (see :func:`row_norms`: ``inf`` for a norm beyond float32's squares).
+
+    Raises:
+        TypeError: ``weights`` is not a sequence of tensors.
+        ValueError: ``strength`` is negative, not finite or not a number; ``reduction`` is
+            unknown; a weight has fewer than 2 dimensions (the message names the argument).
 
     Examples:
         >>> import torch
@@ -101,9 +148,11 @@ def add_norm_loss_grad_(
         >>> w.grad                                       # 0.5 * 2 * (5 - 1) * w / 5
         tensor([[2.4000, 3.2000]])
     """
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
-    norms = row_norms(weights)
+    check_number("strength", strength, low=0.0)
+    check_choice("reduction", reduction, REDUCTIONS)
+    _check_weights(weights)
+    weights = [w for w in weights if w.numel() > 0]  # shapes only: no host sync
+    norms = _row_norms(weights)
     if not norms:
         return torch.zeros(0)
     for w in weights:
@@ -119,6 +168,7 @@ def add_norm_loss_grad_(
     )
     nonzero = all_norms > _ZERO_NORM
     coefficient = torch.where(nonzero, (all_norms - 1.0) / all_norms.clamp_min(_ZERO_NORM), 0.0)
+    coefficient = torch.where(all_norms.isinf(), 1.0, coefficient)  # (inf - 1) / inf: 1, not NaN
     coefficient = coefficient * factor
     broadcastable = [
         c.to(w.dtype).view(-1, *([1] * (w.dim() - 1)))
@@ -130,7 +180,15 @@ def add_norm_loss_grad_(
 
 
 def mean_abs_norm_deviation(norms: Tensor) -> Tensor:
-    """``mean_i |1 - ||w_i|| |`` over concatenated row norms (the logged health metric)."""
+    """``mean_i |1 - ||w_i|| |`` over concatenated row norms (the logged health metric).
+
+    Zero for no norms.
+
+    Raises:
+        TypeError: ``norms`` is not a tensor.
+    """
+    if not isinstance(norms, Tensor):
+        raise TypeError(f"`norms` must be a tensor, got {type(norms).__name__}.")
     if norms.numel() == 0:
         return torch.zeros(())
     return (1.0 - norms).abs().mean()

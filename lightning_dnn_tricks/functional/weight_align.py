@@ -33,10 +33,11 @@ from lightning_dnn_tricks.nn.weight_align import (
     standardises_weight,
     weight_align_parametrization,
 )
-from lightning_dnn_tricks.validation import check_number
+from lightning_dnn_tricks.validation import check_bool, check_number
 
 __all__ = [
     "DEFAULT_LAYER_TYPES",
+    "FAN_IN_REASON",
     "apply_weight_align",
     "check_weight_align_arguments",
     "fold_weight_align",
@@ -46,6 +47,7 @@ __all__ = [
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d)
 
 STANDARDISED_REASON = "already standardises its weight (timm StdConv2d family)"
+FAN_IN_REASON = "fan-in {fan_in} < 2: each filter is identically zero after centring (dead layer)"
 
 
 def check_weight_align_arguments(
@@ -54,18 +56,30 @@ def check_weight_align_arguments(
     exclude: str | None,
     gain: float,
     eps: float,
+    include_linear: bool = False,
+    exclude_classifier: bool = True,
 ) -> None:
     """Raise ``ValueError`` naming the first out-of-range WeightAlign argument."""
-    if not layer_types or not all(
-        isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types
+    if (
+        isinstance(layer_types, str | type)
+        or not isinstance(layer_types, Sequence)
+        or not layer_types
+        or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types)
     ):
         raise ValueError(
             f"`layer_types` must be a non-empty sequence of nn.Module classes, got {layer_types!r}."
         )
+    check_bool("include_linear", include_linear)
+    check_bool("exclude_classifier", exclude_classifier)
     check_pattern("include", include)
     check_pattern("exclude", exclude)
     check_number("gain", gain, low=0.0, low_inclusive=False)
     check_number("eps", eps, low=0.0)
+
+
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
 
 
 def _skip_reason(name: str, module: nn.Module) -> str | None:
@@ -76,6 +90,11 @@ def _skip_reason(name: str, module: nn.Module) -> str | None:
         return "weight has fewer than 2 dimensions"
     if standardises_weight(module):
         return STANDARDISED_REASON
+    if weight.shape[0] == 0:
+        return "weight has no filters (0 output channels)"
+    fan_in = weight[0].numel()
+    if fan_in < 2:
+        return FAN_IN_REASON.format(fan_in=fan_in)
     return None
 
 
@@ -93,10 +112,14 @@ def apply_weight_align(
 
     Layers are matched with ``isinstance`` (timm's subclasses included). Layers that already
     standardise their weight (timm ``StdConv2d``, ``ScaledStdConv2d``, their ``*Same`` variants and
-    subclasses) are skipped, with that reason in the summary. Applying twice equals applying once:
-    aligned layers count as "already applied". The raw weights keep their identity (an optimizer
-    built earlier still holds them); the new gains are listed in ``summary.added_parameters``
-    (``summary.update_optimizer(optimizer)`` adds them to an existing optimizer).
+    subclasses) are skipped, with that reason in the summary. So are layers whose filters have a
+    fan-in below 2 (``Linear(1, n)``, a depthwise 1x1 conv ``Conv2d(c, c, 1, groups=c)``): a
+    single centred weight is identically zero, so aligning would leave a dead layer (zero weight,
+    zero gradients); they stay untouched, with the fan-in in the summary's reason. Applying twice
+    equals applying once: aligned layers count as "already applied". The raw weights keep their
+    identity (an optimizer built earlier still holds them); the new gains are listed in
+    ``summary.added_parameters`` (``summary.update_optimizer(optimizer)`` adds them to an
+    existing optimizer).
 
     Args:
         model: the model to change in place.
@@ -115,6 +138,7 @@ def apply_weight_align(
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``model`` is not an ``nn.Module``, or a flag is not a bool.
 
     Examples:
         >>> import timm
@@ -129,7 +153,10 @@ def apply_weight_align(
         (METHODS.md §7). With ``gain = sqrt(N)`` and ``eps = 0`` a layer computes exactly what
         timm's ``StdConv2d`` with ``eps = 0`` computes.
     """
-    check_weight_align_arguments(layer_types, include, exclude, gain, eps)
+    _check_model(model)
+    check_weight_align_arguments(
+        layer_types, include, exclude, gain, eps, include_linear, exclude_classifier
+    )
     types = (*layer_types, nn.Linear) if include_linear else tuple(layer_types)
     selection = LayerSelection(
         types=types, include=include, exclude=exclude, exclude_classifier=exclude_classifier
@@ -162,6 +189,9 @@ def remove_weight_align(model: nn.Module) -> SurgerySummary:
     Returns:
         A :class:`~lightning_dnn_tricks.nn.surgery.SurgerySummary` of the layers restored.
 
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
     Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 1))
@@ -171,6 +201,7 @@ def remove_weight_align(model: nn.Module) -> SurgerySummary:
         >>> type(model[0]).__name__
         'Conv2d'
     """
+    _check_model(model)
     summary = SurgerySummary(tag="remove WeightAlign")
     for name, module in list(model.named_modules()):
         if not is_weight_aligned(module):
@@ -191,6 +222,9 @@ def fold_weight_align(model: nn.Module) -> nn.Module:
     mode, bit for bit: the folded weight is the aligned weight ``model`` computes), without the
     per-forward cost of the parametrisation and with plain ``state_dict`` keys (``weight``).
 
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+
     Examples:
         >>> import torch
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
@@ -200,6 +234,7 @@ def fold_weight_align(model: nn.Module) -> nn.Module:
         >>> torch.equal(folded(x), model(x)), sorted(folded.state_dict())
         (True, ['0.bias', '0.weight'])
     """
+    _check_model(model)
     folded = copy.deepcopy(model)
     remove_weight_align(folded)
     return folded

@@ -11,7 +11,8 @@ training mode, per channel::
 
 and ``running_lam`` averages ``lam`` with BatchNorm's update rule (``momentum``, or the cumulative
 average when ``momentum=None``). In eval mode every statistic comes from the running averages, so
-the output is deterministic. Statistics are computed in float32 (or wider) under mixed precision.
+the output is deterministic. Everything is computed in float32 (or wider), also in a model cast
+to float16/bfloat16. An empty batch gives an empty output and keeps the statistics, like BatchNorm.
 The warp maths is in :mod:`lightning_dnn_tricks.nn.bnsr_warps`;
 :func:`~lightning_dnn_tricks.functional.apply_bnsr` puts these layers into a model (this module
 never imports :mod:`lightning_dnn_tricks.functional`).
@@ -19,6 +20,7 @@ never imports :mod:`lightning_dnn_tricks.functional`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import cache, partial
 from typing import Any, ClassVar, TypeVar
@@ -36,6 +38,7 @@ from lightning_dnn_tricks.nn.surgery import (
     replace_modules,
     share_state,
 )
+from lightning_dnn_tricks.validation import check_bool, check_number
 
 __all__ = [
     "BNSR_BUFFERS",
@@ -43,13 +46,13 @@ __all__ = [
     "BNSR2d",
     "BNSRAct2d",
     "bnsr_class_for",
+    "check_batch_norm_arguments",
     "replace_batch_norms",
     "restore_batch_norms",
 ]
 
 #: The buffers BNSR adds to BatchNorm's (running averages of the warp exponent and post-warp stats).
 BNSR_BUFFERS = ("running_lam", "running_warp_mean", "running_warp_var")
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 T = TypeVar("T", bound="_BNSRMixin")
 
@@ -66,6 +69,7 @@ class _BNSRMixin(_BatchNorm):
     def __init__(
         self, *args: Any, warp: Warp | None = None, compiled: bool = False, **kwargs: Any
     ) -> None:
+        check_batch_norm_arguments(self.replaces, args, kwargs)
         super().__init__(*args, **kwargs)
         self.warp = YeoJohnsonWarp() if warp is None else warp
         if not isinstance(self.warp, Warp):
@@ -162,19 +166,26 @@ class _BNSRMixin(_BatchNorm):
         batch_stats = self.training or self.running_mean is None
         # Running statistics are passed when they are read (eval) or updated (training + tracked).
         use_buffers = not self.training or self.track_running_stats
-        running = self.running_mean if use_buffers else None
+        # float32 or wider, also in a half-precision model (mean(x_hat^3) and (1 + |x_hat|)^p
+        # overflow there): half buffers get float32 copies, written back after the update.
         dtype = torch.promote_types(input.dtype, torch.float32)
-        if running is not None and running.dtype in _LOW_PRECISION:
-            dtype = running.dtype  # a model cast to half precision as a whole
-        statistics = tuple(
+        buffers = tuple(
             getattr(self, name) if use_buffers else None
             for name in ("running_mean", "running_var", *BNSR_BUFFERS)
         )
+        statistics = tuple(None if b is None else b.to(dtype) for b in buffers)
         weight = None if self.weight is None else self.weight.to(dtype)
         bias = None if self.bias is None else self.bias.to(dtype)
+        x = input.to(dtype)
+        if x.numel() == 0:  # like BatchNorm: empty output, statistics kept (the batch counted)
+            running_mean, running_var = (None, None) if batch_stats else statistics[:2]
+            empty = F.batch_norm(
+                x, running_mean, running_var, weight, bias, batch_stats, 0.0, self.eps
+            )
+            return empty.to(input.dtype)
         normalise = _compiled_normalise() if self.compiled else bnsr_normalise
         out: Tensor = normalise(
-            input.to(dtype),
+            x,
             self.warp,
             statistics,
             weight,
@@ -184,6 +195,10 @@ class _BNSRMixin(_BatchNorm):
             factor=factor,
             eps=self.eps,
         )
+        if batch_stats:
+            for buffer, statistic in zip(buffers, statistics, strict=True):
+                if buffer is not None and statistic is not None and statistic is not buffer:
+                    buffer.copy_(statistic)
         return out.to(input.dtype)
 
     def _load_from_state_dict(
@@ -195,6 +210,30 @@ class _BNSRMixin(_BatchNorm):
             if value is not None and f"{prefix}running_mean" in state_dict:
                 state_dict.setdefault(prefix + name, value.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def check_batch_norm_arguments(
+    cls: type[_BatchNorm], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Check ``num_features >= 1``, ``eps > 0`` (0 would make a constant channel NaN),
+    ``momentum`` (``None`` or in ``[0, 1]``) and the bools ``affine``, ``track_running_stats``.
+
+    Raises:
+        ValueError, TypeError: naming the argument (``TypeError``: wrong type or signature).
+    """
+    try:
+        values = inspect.signature(cls.__init__).bind(None, *args, **kwargs).arguments
+    except TypeError as error:
+        raise TypeError(f"{cls.__name__}: {error}.") from None
+    if "num_features" in values:
+        check_number("num_features", values["num_features"], low=1, integer=True)
+    if "eps" in values:
+        check_number("eps", values["eps"], low=0.0, low_inclusive=False)
+    if values.get("momentum") is not None:
+        check_number("momentum", values["momentum"], low=0.0, high=1.0)
+    for flag in ("affine", "track_running_stats"):
+        if flag in values:
+            check_bool(flag, values[flag])
 
 
 def check_compiled(compiled: bool) -> bool:
@@ -258,8 +297,11 @@ class BNSR1d(_BNSRMixin, nn.BatchNorm1d):
         **kwargs: ``nn.BatchNorm1d``'s keyword arguments.
 
     Raises:
-        TypeError: ``warp`` is not a :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp`.
-        ValueError: ``compiled`` is not a bool.
+        TypeError: ``warp`` is not a :class:`~lightning_dnn_tricks.nn.bnsr_warps.Warp`, the
+            arguments do not fit ``nn.BatchNorm1d``, or ``affine``/``track_running_stats`` is
+            not a bool.
+        ValueError: ``compiled`` is not a bool, or ``num_features``, ``eps`` (``> 0``) or
+            ``momentum`` (``None`` or in ``[0, 1]``) is out of range (the message names it).
 
     Examples:
         >>> import torch
@@ -268,7 +310,10 @@ class BNSR1d(_BNSRMixin, nn.BatchNorm1d):
         torch.Size([32, 4])
 
     Note:
-        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8).
+        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8). A float16 or
+        bfloat16 model is normalised in float32 (half precision overflows in the skewness and the
+        warp). An empty batch gives an empty output, like BatchNorm: the running statistics are
+        kept and ``num_batches_tracked`` is counted, as BatchNorm counts it.
     """
 
     replaces = nn.BatchNorm1d
@@ -285,6 +330,9 @@ class BNSR2d(_BNSRMixin, nn.BatchNorm2d):
         compiled: run the normalisation through ``torch.compile`` (same maths, fused
             kernels; see :class:`~lightning_dnn_tricks.callbacks.BNSR`).
         **kwargs: ``nn.BatchNorm2d``'s keyword arguments.
+
+    Raises:
+        TypeError, ValueError: as :class:`BNSR1d` (the message names the argument).
 
     Examples:
         >>> import torch
@@ -313,6 +361,9 @@ class BNSRAct2d(_BNSRMixin, BatchNormAct2d):
             kernels; see :class:`~lightning_dnn_tricks.callbacks.BNSR`).
         **kwargs: ``BatchNormAct2d``'s keyword arguments.
 
+    Raises:
+        TypeError, ValueError: as :class:`BNSR1d` (the message names the argument).
+
     Examples:
         >>> from timm.layers import BatchNormAct2d
         >>> layer = BNSRAct2d.from_module(BatchNormAct2d(8, act_layer="silu"))
@@ -335,7 +386,13 @@ _BY_REPLACED: dict[type[nn.Module], type[_BNSRMixin]] = {c.replaces: c for c in 
 
 
 def bnsr_class_for(module: nn.Module) -> type[_BNSRMixin] | None:
-    """The BNSR class that replaces ``module`` (exact class match), or ``None``."""
+    """The BNSR class that replaces ``module`` (exact class match), or ``None``.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
     return _BY_REPLACED.get(type(module))
 
 

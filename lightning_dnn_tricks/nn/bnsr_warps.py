@@ -88,11 +88,21 @@ def yeo_johnson(x: Tensor, lam: Tensor | float) -> Tensor:
     ``-((1 - x)^(2 - lam) - 1) / (2 - lam)`` for ``x < 0`` (``-log1p(-x)`` at ``lam = 2``);
     computed with ``log1p``/``expm1``, so it is exact near ``x = 0`` and ``lam = 0, 2``.
 
+    Raises:
+        TypeError: ``x`` is not a tensor, or ``lam`` is neither a tensor nor a number.
+        ValueError: ``lam`` is a non-finite number or a bool.
+
     Examples:
         >>> import torch
         >>> yeo_johnson(torch.tensor([-1.0, 0.0, 3.0]), 0.5)  # -(2^1.5 - 1) / 1.5, 0, (2 - 1) / 0.5
         tensor([-1.2190,  0.0000,  2.0000])
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`x` must be a tensor, got {type(x).__name__}.")
+    if not isinstance(lam, Tensor):
+        if not isinstance(lam, int | float):
+            raise TypeError(f"`lam` must be a tensor or a number, got {type(lam).__name__}.")
+        check_number("lam", lam)
     lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
     power = torch.where(x >= 0, lam, 2.0 - lam)
     log_term = torch.log1p(x.abs())
@@ -105,12 +115,17 @@ def yeo_johnson(x: Tensor, lam: Tensor | float) -> Tensor:
 def batch_skewness(x_hat: Tensor) -> Tensor:
     """``mean(x_hat^3)`` per channel (axis 1) over all other axes: skewness of standardised data.
 
+    An empty batch has skewness 0 (so its warp is the identity), not NaN.
+
     Examples:
         >>> import torch
         >>> batch_skewness(torch.tensor([[-1.0], [-1.0], [2.0]])).tolist()   # (-1 - 1 + 8) / 3
         [2.0]
     """
-    return x_hat.pow(3).mean(_reduce_dims(x_hat))
+    dims = _reduce_dims(x_hat)
+    if x_hat.numel() == 0:
+        return x_hat.new_zeros(x_hat.shape[1])
+    return x_hat.pow(3).mean(dims)
 
 
 def clip_exponent(lam: Tensor) -> Tensor:
@@ -219,6 +234,8 @@ def newton_exponent(x_hat: Tensor, lam: Tensor, steps: int) -> Tensor:
     """
     dims = _reduce_dims(x_hat)
     lam = clip_exponent(lam.to(x_hat.dtype))
+    if x_hat.numel() == 0:
+        return lam
     for _ in range(steps):
         parts = _warp_parts(x_hat, _per_channel(lam, x_hat))
         warped, d_lam = parts.warped, _d_lam(*parts[1:5])
@@ -251,8 +268,9 @@ def skewness_warp(
 
     Note:
         The gradient flows through ``lam``'s dependence on the skewness (like BatchNorm's through
-        its mean and variance). After Newton steps ``lam`` is treated as a constant in the backward
-        pass (our choice: the implicit derivative of the root is not propagated).
+        its mean and variance). After Newton steps ``lam`` is treated as a constant in the
+        backward pass (our choice: the implicit derivative of the root is not propagated). An
+        empty batch gives an empty ``y`` and ``lam = 1`` (the identity), never NaN.
     """
     with torch.no_grad():
         skewness = batch_skewness(x_hat)
@@ -263,7 +281,7 @@ def skewness_warp(
         if newton_steps:
             lam = newton_exponent(x_hat, lam, newton_steps)
         elif x_hat.requires_grad and alpha:
-            count = x_hat.numel() // x_hat.shape[1]
+            count = max(1, x_hat.numel() // max(1, x_hat.shape[1]))  # an empty batch: no slope
             inside = (raw >= LAM_LOW) & (raw <= LAM_HIGH)
             slope = _per_channel((-3.0 * alpha / count) * (1.0 - tanh * tanh) * inside, x_hat)
     warped: Tensor = _YeoJohnsonFunction.apply(x_hat, _per_channel(lam, x_hat), slope)
@@ -360,9 +378,12 @@ def make_warp(
     """The :class:`Warp` named ``warp`` (or ``warp`` itself), refusing arguments it would ignore.
 
     Raises:
-        ValueError: an unknown name, an out-of-range argument, or ``alpha``/``newton_steps`` given
-            with a warp that does not use them.
+        ValueError: an unknown name, an out-of-range argument (checked for every warp, also
+            where it is then refused as unused), or ``alpha``/``newton_steps`` given with a warp
+            that does not use them.
     """
+    check_number("alpha", alpha, low=0.0, high=2.0)
+    check_number("newton_steps", newton_steps, low=0, high=10, integer=True)
     if isinstance(warp, Warp):
         if (alpha, newton_steps) != (1.0, 0):
             raise ValueError(

@@ -39,7 +39,6 @@ __all__ = [
 
 DEFAULT_GAIN = math.sqrt(2.0)
 DEFAULT_EPS = 1e-5
-_TINY = 1e-30
 
 
 def align_weight(weight: Tensor, gain: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
@@ -56,22 +55,30 @@ def align_weight(weight: Tensor, gain: Tensor, eps: float = DEFAULT_EPS) -> Tens
     backward, where autograd needs a dozen. WeightAlign then costs less per step than timm's
     ``StdConv2d`` (``F.batch_norm`` over the weight).
 
-    A row whose spread is at the rounding level of its mean (a constant filter: ``||c_i|| <=
-    4 log2(N) sqrt(N) |mu_i|`` times the dtype's machine epsilon) gives a zero row and zero
-    gradients.
+    A row whose spread is at the rounding level of its mean (a zero or constant filter:
+    ``||c_i|| <= 4 log2(N) sqrt(N) |mu_i|`` times the machine epsilon of the computation) gives a
+    zero row and zero gradients, in every dtype. float16 and bfloat16 weights are aligned in
+    float32 and the result (and the gradients) cast back: the cost is one float32 copy of the
+    weight, and half precision would overflow (``1 / (||c|| d)``) for any filter with ``||c|| <
+    5e-3``.
 
     Args:
         weight: a tensor of shape ``(C_out, ...)`` (one row per output filter).
         gain: the per-row gains, shape ``(C_out,)``.
-        eps: added to ``||c_i||`` (``>= 0``; with ``0`` the denominator is floored at the square
-            root of the dtype's smallest normal number).
+        eps: added to ``||c_i||`` (``>= 0``; with ``0`` the denominator is floored at the fourth
+            root of the computation dtype's smallest normal number, 3.3e-10 in float32).
 
     Returns:
         The aligned weight, same shape and dtype as ``weight``.
 
     Note:
         First-order gradients only: differentiating the backward pass again
-        (``create_graph=True``, e.g. for a gradient penalty) raises an error.
+        (``create_graph=True``, e.g. for a gradient penalty) raises an error. A filter with
+        fan-in ``N = 1`` is always a constant filter (a zero row):
+        :func:`~lightning_dnn_tricks.functional.apply_weight_align` skips such layers. A
+        filter with ``||c_i||`` below that same floor (3.3e-10 in float32) is kept, with the
+        ``k_i c_i`` term of its weight gradient computed from the floor (finite; exact to
+        ``||c_i|| / d_i``, negligible when ``eps`` is much larger than the floor).
 
     Examples:
         >>> import torch
@@ -86,30 +93,37 @@ def align_weight(weight: Tensor, gain: Tensor, eps: float = DEFAULT_EPS) -> Tens
 class _AlignWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: Tensor, gain: Tensor, eps: float) -> Tensor:
-        flat = weight.reshape(weight.shape[0], -1)
+        # float16/bfloat16 weights are aligned in float32 (a copy of the weight, no more): in
+        # half precision ``1 / (||c|| d)`` overflows for any filter with ``||c|| < 5e-3``.
+        compute = torch.promote_types(weight.dtype, torch.float32)
+        flat = weight.reshape(weight.shape[0], -1).to(compute)
         n = flat.shape[1]
         mean = flat.mean(dim=1, keepdim=True)
         aligned = flat - mean  # c: becomes W_hat in place below
         norm = torch.linalg.vector_norm(aligned, dim=1, keepdim=True)  # sqrt(N) * sigma
-        rounding = torch.finfo(flat.dtype).eps * 4 * max(1.0, math.log2(n)) * math.sqrt(n)
+        rounding = torch.finfo(compute).eps * 4 * max(1.0, math.log2(n)) * math.sqrt(n)
         keep = norm > mean.abs() * rounding
+        floor = _floor(compute)
         denominator = norm + eps
         if eps == 0.0:
-            denominator = denominator.clamp_min(math.sqrt(torch.finfo(norm.dtype).tiny))
+            denominator = denominator.clamp_min(floor)
         inverse = torch.where(keep, denominator.reciprocal(), 0.0)  # 1 / d_i (0: dropped row)
-        scale = inverse * gain.unsqueeze(1)
+        scale = inverse * gain.to(compute).unsqueeze(1)
         aligned.mul_(scale)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             # k_i = dot_i * s_i / (||c_i|| d_i): precomputed, so backward runs few small ops.
-            k_factor = scale * inverse / norm.clamp_min(_TINY)
+            # The floor keeps it finite: s_i / d_i <= gain / floor^2, / ||c_i|| <= 1 / floor.
+            k_factor = scale * inverse / norm.clamp_min(floor)
             ctx.save_for_backward(flat, mean, scale, inverse, k_factor)
-        return aligned.view(weight.shape)
+            ctx.dtypes = (weight.dtype, gain.dtype)
+        return aligned.view(weight.shape).to(weight.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         flat, mean, scale, inverse, k_factor = ctx.saved_tensors
-        flat_grad = grad.reshape(flat.shape)
+        weight_dtype, gain_dtype = ctx.dtypes
+        flat_grad = grad.reshape(flat.shape).to(flat.dtype)
         grad_sum = flat_grad.sum(dim=1, keepdim=True)
         buffer = flat_grad * flat  # one allocation, reused for the result below
         dot = torch.addcmul(buffer.sum(dim=1, keepdim=True), mean, grad_sum, value=-1.0)  # g . c
@@ -118,7 +132,18 @@ class _AlignWeight(torch.autograd.Function):
         row_constant = torch.addcmul(k * mean, scale, grad_sum, value=-1.0 / flat.shape[1])
         grad_weight = torch.addcmul(row_constant, flat_grad, scale, out=buffer)
         grad_weight.addcmul_(flat, k, value=-1.0)
-        return grad_weight.view(grad.shape), (dot * inverse).view(-1), None
+        grad_gain = (dot * inverse).view(-1).to(gain_dtype)
+        return grad_weight.view(grad.shape).to(weight_dtype), grad_gain, None
+
+
+@functools.lru_cache(maxsize=4)
+def _floor(dtype: torch.dtype) -> float:
+    """The smallest ``||c||`` (and, with ``eps = 0``, denominator) the maths uses in ``dtype``.
+
+    The fourth root of the smallest normal number (3.3e-10 in float32, 1.2e-77 in float64):
+    ``gain / floor^3`` is still finite, so the backward pass never overflows.
+    """
+    return float(torch.finfo(dtype).tiny) ** 0.25
 
 
 class WeightAlignParametrization(nn.Module):
@@ -127,19 +152,21 @@ class WeightAlignParametrization(nn.Module):
     ``forward(W) = gamma * (W - mu) / (sqrt(N) * sigma + eps)`` per output filter (row) of
     ``W``, with the filter's mean ``mu``, population standard deviation ``sigma`` and fan-in
     ``N``, computed by :func:`align_weight` (a fused forward and backward pass). A filter with
-    zero spread (``sigma = 0``) gives a zero filter and finite gradients.
+    zero spread (``sigma = 0``: a zero or constant filter, or any filter of fan-in 1) gives a
+    zero filter and zero gradients, in float16, bfloat16 (both computed in float32), float32
+    and float64.
 
     Args:
         out_channels: number of filters (rows of the weight); the size of ``gain``.
         gain: initial value of every per-filter gain ``gamma`` (learnable, ``> 0``).
         eps: added to ``sqrt(N) * sigma`` (``>= 0``; with ``0`` the denominator is floored at
-            the square root of the dtype's smallest normal number).
+            the fourth root of the smallest normal number of the computation dtype).
         device: device of the gain parameter.
-        dtype: dtype of the gain parameter (use the weight's).
+        dtype: floating-point dtype of the gain parameter (use the weight's).
 
     Raises:
-        ValueError: ``out_channels``, ``gain`` or ``eps`` is out of range (the message names
-            it).
+        ValueError: ``out_channels``, ``gain``, ``eps``, ``device`` or ``dtype`` is out of
+            range or of the wrong type (the message names it).
 
     Examples:
         >>> import torch
@@ -171,6 +198,17 @@ class WeightAlignParametrization(nn.Module):
         check_number("out_channels", out_channels, low=1, integer=True)
         check_number("gain", gain, low=0.0, low_inclusive=False)
         check_number("eps", eps, low=0.0)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(
+                f"`dtype` must be a floating-point torch.dtype or None, got {dtype!r}."
+            )
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"`device` must be a torch.device, a device string or None, got {device!r}."
+                ) from None
         self.eps = float(eps)
         self.gain = nn.Parameter(
             torch.full((out_channels,), float(gain), device=device, dtype=dtype)
@@ -200,7 +238,13 @@ def weight_align_parametrization(
 
 
 def is_weight_aligned(module: nn.Module) -> bool:
-    """Whether ``module.weight`` carries a :class:`WeightAlignParametrization`."""
+    """Whether ``module.weight`` carries a :class:`WeightAlignParametrization`.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
     if not parametrize.is_parametrized(module, "weight"):
         return False
     chain = module.parametrizations["weight"]  # type: ignore[index]

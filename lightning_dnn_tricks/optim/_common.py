@@ -1,10 +1,13 @@
-"""Shared helpers of the optimizers: RNG snapshots, probe hooks, argument checks. Pure torch."""
+"""Shared helpers of the optimizers: RNG snapshots, probe hooks, argument checks, overflow-safe
+inner products, module-attribute fingerprints. Pure torch."""
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -12,7 +15,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_dnn_tricks.validation import check_number
+from lightning_dnn_tricks.validation import (
+    TrickConfigurationError,
+    check_bool,
+    check_choice,
+    check_number,
+)
 
 #: A zero-argument callable returning a context manager entered around a probe evaluation.
 ProbeContext = Callable[[], AbstractContextManager[Any]]
@@ -66,9 +74,11 @@ class ProbeHooks:
             yield
 
 
-@contextlib.contextmanager
-def preserve_buffers(module: nn.Module) -> Iterator[None]:
+def preserve_buffers(module: nn.Module) -> AbstractContextManager[None]:
     """Restore every buffer of ``module`` (BatchNorm running statistics...) on exit.
+
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module`` (raised by the call, not on entry).
 
     Examples:
         >>> import torch
@@ -78,6 +88,13 @@ def preserve_buffers(module: nn.Module) -> Iterator[None]:
         >>> bool(bn.running_mean.abs().sum() == 0), int(bn.num_batches_tracked)
         (True, 0)
     """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be an nn.Module, got {type(module).__name__}.")
+    return _preserved_buffers(module)
+
+
+@contextlib.contextmanager
+def _preserved_buffers(module: nn.Module) -> Iterator[None]:
     buffers = [b for b in module.buffers() if b is not None]
     saved = [b.detach().clone() for b in buffers]
     try:
@@ -92,6 +109,104 @@ def check_positive(name: str, value: Any) -> None:
     check_number(name, value, low=0.0, low_inclusive=False)
 
 
+def check_option(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """``check_choice`` for string options, safe for values whose ``==`` is odd (tensors)."""
+    if not isinstance(value, str):
+        allowed = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"`{name}` must be one of {allowed} (a string), got {value!r}.")
+    check_choice(name, value, choices)
+
+
+def checked_params(params: Any) -> list[Any]:
+    """``params`` as a list for ``Optimizer.__init__``, or an error naming ``params``.
+
+    Accepts what torch accepts: leaf tensors, ``(name, tensor)`` pairs, or param-group dicts
+    whose ``"params"`` hold those (a generator there is turned into a list in place).
+    """
+    items = _listed(params, "an iterable of leaf tensors, (name, tensor) pairs or param groups")
+    if not items:
+        raise ValueError("`params` is empty: the optimizer has nothing to optimize.")
+    for item in items:
+        if not isinstance(item, dict):
+            _check_tensor(item)
+        elif "params" not in item:
+            raise ValueError(f"`params`: a param-group dict needs 'params', got {item!r}.")
+        elif isinstance(item["params"], torch.Tensor):
+            _check_tensor(item["params"])
+        else:
+            item["params"] = _listed(item["params"], "a param group's 'params' as an iterable")
+            for tensor in item["params"]:
+                _check_tensor(tensor)
+    return items
+
+
+def _listed(params: Any, expected: str) -> list[Any]:
+    if isinstance(params, torch.Tensor | str | bytes | Mapping | set):
+        raise TypeError(
+            f"`params` must be {expected} (a list: not a tensor, set...), got {params!r}."
+        )
+    try:
+        return list(params)
+    except TypeError:
+        raise TypeError(f"`params` must be {expected}, got {params!r}.") from None
+
+
+def _check_tensor(item: Any) -> None:
+    named = isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+    tensor = item[1] if named else item
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"`params` must hold tensors (or param groups); one of them is {item!r}.")
+    if not tensor.is_leaf:
+        raise ValueError(
+            "`params`: a non-leaf tensor (the result of an operation) cannot be optimized; pass "
+            "the parameter itself."
+        )
+
+
+def check_like_defaults(name: str, kwargs: Mapping[Any, Any], target: Callable[..., Any]) -> None:
+    """Refuse a value of ``kwargs`` whose default in ``target``'s signature is a number (or a
+    tuple of numbers) unless it is one too: finite, not a bool (``weight_decay=True``, NaN...);
+    a bool where the default is a bool. Any float must be finite and any int float-sized.
+    Messages name ``name[key]``, or the key alone when ``name`` is empty."""
+    try:
+        defaults = {
+            key: parameter.default
+            for key, parameter in inspect.signature(target).parameters.items()
+        }
+    except (TypeError, ValueError):  # no signature: leave the checks to the target
+        defaults = {}
+    for key, value in kwargs.items():
+        if not isinstance(key, str):
+            raise TypeError(f"`{name}` keys must be argument names (strings), got {key!r}.")
+        _check_like(f"{name}[{key!r}]" if name else key, value, defaults.get(key))
+
+
+def _check_like(name: str, value: Any, default: Any) -> None:
+    if type(default) is bool:
+        check_bool(name, value)
+    elif isinstance(value, float) or isinstance(default, int | float):
+        if not isinstance(value, torch.Tensor):
+            check_number(name, value)
+    elif isinstance(default, tuple) and isinstance(value, tuple | list):
+        for index, (item, like) in enumerate(zip(value, default, strict=False)):
+            _check_like(f"{name}[{index}]", item, like)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        check_number(name, value)
+
+
+def refuse_sparse(optimizer: str, index: int, params: list[torch.Tensor]) -> None:
+    """Raise :class:`TrickConfigurationError` when a gradient in ``params`` (group ``index``) is
+    sparse, naming the tensor and the fix (``nn.Embedding(sparse=True)`` makes them)."""
+    for position, p in enumerate(params):
+        if p.grad is not None and p.grad.layout != torch.strided:
+            raise TrickConfigurationError(
+                f"{optimizer} does not support sparse gradients: parameter {position} of param "
+                f"group {index} (shape {tuple(p.shape)}) has a {p.grad.layout} gradient, as "
+                "nn.Embedding/nn.EmbeddingBag(sparse=True) make. Build that layer with "
+                "sparse=False (or give it its own optimizer, e.g. torch.optim.SparseAdam)."
+            )
+
+
 def check_closure(optimizer: str, closure: Callable[[], Any] | None) -> Callable[[], Any]:
     """Raise ``ValueError`` when a closure optimizer is stepped without a closure."""
     if closure is None:
@@ -102,3 +217,75 @@ def check_closure(optimizer: str, closure: Callable[[], Any] | None) -> Callable
             "'bf16-mixed' or '32-true' there."
         )
     return closure
+
+
+def inner_products(d: list[torch.Tensor], g: list[torch.Tensor]) -> tuple[float, float]:
+    """``(<d, g>, ||d||^2)`` summed over lists of tensors, with one host synchronisation.
+
+    Real inner products: ``Re sum conj(d) g``, so a complex tensor counts as the vector of its
+    real and imaginary parts. Each tensor's products are taken in float32 or wider and summed in
+    float64; when one overflows (float32 gradients near 1e20 give products near 1e40), both are
+    recomputed in float64, where no float32 value can overflow.
+
+    Examples:
+        >>> big = [torch.full((10,), 1e20)]
+        >>> [f"{v:.3g}" for v in inner_products(big, big)]
+        ['1e+41', '1e+41']
+    """
+    products = _products(d, g, wide=False)
+    if not all(math.isfinite(value) for value in products):
+        products = _products(d, g, wide=True)
+    return products[0], products[1]
+
+
+def _products(d: list[torch.Tensor], g: list[torch.Tensor], wide: bool) -> list[float]:
+    dots, norms = [], []
+    for x, y in zip(d, g, strict=True):
+        if wide:
+            dtype = torch.complex128 if x.is_complex() else torch.float64
+            x, y = x.to(dtype), y.to(dtype)
+        elif x.dtype in (torch.float16, torch.bfloat16):
+            x, y = x.float(), y.float()
+        x, y = x.reshape(-1), y.reshape(-1)
+        dots.append(torch.vdot(x, y).real)
+        norms.append(torch.vdot(x, x).real)
+    totals = torch.stack([torch.stack(dots).double().sum(), torch.stack(norms).double().sum()])
+    return [float(value) for value in totals.tolist()]
+
+
+_NUMBER = (bool, int, float, complex)
+
+
+class AttributeFingerprint:
+    """The plain tensor, number and tuple-of-tensors attributes in the ``__dict__`` of modules
+    (parameters, buffers and submodules live elsewhere): identity and, for tensors, the version
+    counter that in-place writes bump. No tensor data is read, so there is no host sync.
+    """
+
+    def __init__(self, modules: list[tuple[str, nn.Module]]) -> None:
+        self.keys: list[tuple[Any, ...]] = []
+        self.kept: list[Any] = []  # the objects stay alive, so that no id is reused meanwhile
+        for prefix, module in modules:
+            for name, value in module.__dict__.items():
+                if isinstance(value, torch.Tensor):
+                    if not isinstance(value, nn.Parameter):
+                        self.keys.append((prefix, name, id(value), value._version))
+                        self.kept.append(value)
+                elif isinstance(value, _NUMBER):
+                    self.keys.append((prefix, name, value))
+                elif type(value) is tuple and value and isinstance(value[0], torch.Tensor):
+                    versions = tuple(v._version for v in value if isinstance(v, torch.Tensor))
+                    self.keys.append((prefix, name, id(value), *versions))
+                    self.kept.append(value)
+
+    def changed_since(self, before: AttributeFingerprint) -> list[str]:
+        """Qualified names replaced, written in place, added or removed since ``before``."""
+        if self.keys == before.keys:
+            return []
+        old = {key[:2]: key for key in before.keys}
+        new = {key[:2]: key for key in self.keys}
+        return sorted(
+            f"{prefix}.{name}" if prefix else name
+            for prefix, name in old.keys() | new.keys()
+            if old.get((prefix, name)) != new.get((prefix, name))
+        )

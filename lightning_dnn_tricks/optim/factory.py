@@ -10,20 +10,59 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from lightning_dnn_tricks.optim._common import check_like_defaults
 from lightning_dnn_tricks.optim.frank_wolfe import FrankWolfe
 from lightning_dnn_tricks.optim.sgdg2 import SGDG2, SRK2
+from lightning_dnn_tricks.validation import check_bool, check_number
 
 
 @dataclass(frozen=True)
 class OptimizerEntry:
-    """A registered optimizer: its class and a one-line description."""
+    """A registered optimizer: its class and a one-line description.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string.
+        TypeError: ``cls`` is not callable or ``description`` is not a string.
+    """
 
     name: str
     cls: Callable[..., Optimizer]
     description: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"`name` must be a non-empty string, got {self.name!r}.")
+        if not callable(self.cls):
+            raise TypeError(f"`cls` must be an optimizer class (callable), got {self.cls!r}.")
+        if not isinstance(self.description, str):
+            raise TypeError(f"`description` must be a string, got {self.description!r}.")
+
+
+def _names(argument: str, value: Any, what: str) -> list[str]:
+    """``value`` as a list of strings, refusing one bare string (it would iterate its letters)."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"`{argument}` must be an iterable of {what} (a list), got {value!r}.")
+    names = list(value)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"`{argument}` must hold non-empty strings ({what}), got {name!r}.")
+    return names
+
+
+def _patterns(no_weight_decay: Any) -> list[re.Pattern[str]]:
+    patterns = []
+    for name in _names("no_weight_decay", no_weight_decay, "parameter names or regexes"):
+        try:
+            patterns.append(re.compile(name))
+        except re.error as error:
+            raise ValueError(
+                f"`no_weight_decay`: {name!r} is not a regular expression ({error})."
+            ) from None
+    return patterns
 
 
 _OPTIMIZERS: dict[str, OptimizerEntry] = {}
@@ -31,13 +70,34 @@ _ALIASES: dict[str, str] = {}
 
 
 def register_optimizer(entry: OptimizerEntry, aliases: Iterable[str] = ()) -> None:
-    """Make ``entry`` (and its ``aliases``) available to :func:`create_optimizer`."""
+    """Make ``entry`` (and its ``aliases``) available to :func:`create_optimizer`.
+
+    Registering a name again with the same class replaces its description.
+
+    Raises:
+        TypeError: ``entry`` is not an :class:`OptimizerEntry`, or ``aliases`` is not an
+            iterable of non-empty strings (one bare string is refused).
+        ValueError: the name or an alias is already taken by another optimizer.
+    """
+    if not isinstance(entry, OptimizerEntry):
+        raise TypeError(f"`entry` must be an OptimizerEntry, got {entry!r}.")
+    names = [alias.lower() for alias in _names("aliases", aliases, "alternative names")]
     name = entry.name.lower()
     if name in _ALIASES:
-        raise ValueError(f"{name!r} is already registered as an alias of {_ALIASES[name]!r}.")
+        raise ValueError(f"`entry`: {name!r} is already an alias of {_ALIASES[name]!r}.")
+    if name in _OPTIMIZERS and _OPTIMIZERS[name].cls is not entry.cls:
+        raise ValueError(
+            f"`entry`: {name!r} is already registered for {_OPTIMIZERS[name].cls!r}; choose "
+            "another name."
+        )
+    for alias in names:
+        taken = alias in _OPTIMIZERS and alias != name
+        if taken or _ALIASES.get(alias, name) != name:
+            owner = alias if taken else _ALIASES[alias]
+            raise ValueError(f"`aliases`: {alias!r} already names {owner!r}.")
     _OPTIMIZERS[name] = entry
-    for alias in aliases:
-        _ALIASES[alias.lower()] = name
+    for alias in names:
+        _ALIASES[alias] = name
 
 
 register_optimizer(
@@ -57,6 +117,7 @@ def list_optimizers(include_aliases: bool = False) -> list[str]:
         >>> list_optimizers()
         ['frank_wolfe', 'sgdg2', 'srk2']
     """
+    check_bool("include_aliases", include_aliases)
     names = set(_OPTIMIZERS) | (set(_ALIASES) if include_aliases else set())
     return sorted(names)
 
@@ -71,16 +132,23 @@ def param_groups_weight_decay(
     ``no_weight_decay`` (exact names or regular expressions; the model's own
     ``no_weight_decay()`` set, as timm models define it, is added).
 
+    Raises:
+        TypeError: ``model`` is not a module, or ``no_weight_decay`` is not an iterable of
+            strings (one bare string is refused: it would iterate its letters).
+        ValueError: ``weight_decay`` is not a finite number >= 0, or a name is not a regex.
+
     Examples:
         >>> groups = param_groups_weight_decay(torch.nn.Linear(3, 2), 0.1)
         >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
         [(1, 0.0), (1, 0.1)]
     """
-    skip = set(no_weight_decay)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+    check_number("weight_decay", weight_decay, low=0.0)
+    patterns = _patterns(no_weight_decay)
     own = getattr(model, "no_weight_decay", None)
     if callable(own):
-        skip |= set(own())
-    patterns = [re.compile(name) for name in skip]
+        patterns += [re.compile(name) for name in own()]
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
@@ -120,7 +188,12 @@ def create_optimizer(
         **kwargs: the optimizer's own arguments (``lr``, ``inner_steps``...).
 
     Raises:
-        ValueError: unknown ``name`` (the message lists ours), or an invalid argument.
+        ValueError: unknown ``name`` (the message lists ours), or an invalid argument (NaN,
+            inf, a bool for a number...; the message names it). ``kwargs`` of our optimizers
+            are checked by them; for timm's, any float must be finite, ``lr`` >= 0, and a
+            value whose default is a number must be one.
+        TypeError: ``model_or_params`` is neither a module nor an iterable of parameters, or
+            ``no_weight_decay`` is not an iterable of strings.
 
     Examples:
         >>> import torch
@@ -134,14 +207,17 @@ def create_optimizer(
         ``timm.optim._optim_factory``), so ``timm.optim.create_optimizer_v2("sgdg2")`` does not
         work; call this function instead, which accepts timm's names too.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
-    if (
-        isinstance(weight_decay, bool)
-        or not isinstance(weight_decay, int | float)
-        or weight_decay < 0
+    if not isinstance(model_or_params, nn.Module) and (
+        isinstance(model_or_params, torch.Tensor | str | bytes)
+        or not isinstance(model_or_params, Iterable)
     ):
-        raise ValueError(f"`weight_decay` must be a number >= 0, got {weight_decay!r}.")
+        raise TypeError(
+            "`model_or_params` must be a module or an iterable of parameters / param groups, "
+            f"got {model_or_params!r}."
+        )
+    _check_name(name)
+    check_number("weight_decay", weight_decay, low=0.0)
+    _patterns(no_weight_decay)
     key = _ALIASES.get(name.lower(), name.lower())
     entry = _OPTIMIZERS.get(key)
     if entry is None:
@@ -184,6 +260,9 @@ def _create_timm_optimizer(
             f"`name` must be one of {list_optimizers(include_aliases=True)} or a timm optimizer "
             f"name (timm.optim.list_optimizers()), got {name!r}."
         )
+    if "lr" in kwargs and kwargs["lr"] is not None:
+        check_number("lr", kwargs["lr"], low=0.0)
+    check_like_defaults("", kwargs, timm.optim.get_optimizer_class(name, bind_defaults=False))
     if isinstance(model_or_params, nn.Module) and no_weight_decay:
         model_or_params = param_groups_weight_decay(model_or_params, weight_decay, no_weight_decay)
     optimizer: Optimizer = timm.optim.create_optimizer_v2(
@@ -192,11 +271,29 @@ def _create_timm_optimizer(
     return optimizer
 
 
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"`name` must be a non-empty string, got {name!r}.")
+
+
 def optimizer_class(name: str) -> Callable[..., Optimizer]:
-    """The class registered as ``name`` (or one of its aliases)."""
+    """The class registered as ``name`` (or one of its aliases); any other name is looked up in
+    timm's registry (``timm.optim.get_optimizer_class``), as :func:`create_optimizer` does.
+
+    Raises:
+        ValueError: ``name`` is not a string, or names no optimizer of ours or of timm.
+    """
+    _check_name(name)
     key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _OPTIMIZERS:
+    if key in _OPTIMIZERS:
+        return _OPTIMIZERS[key].cls
+    try:
+        import timm.optim
+
+        found: Callable[..., Optimizer] = timm.optim.get_optimizer_class(name)
+    except (ImportError, ValueError):
         raise ValueError(
-            f"`name` must be one of {list_optimizers(include_aliases=True)}, got {name!r}."
-        )
-    return _OPTIMIZERS[key].cls
+            f"`name` must be one of {list_optimizers(include_aliases=True)} or a timm optimizer "
+            f"name (timm.optim.list_optimizers()), got {name!r}."
+        ) from None
+    return found

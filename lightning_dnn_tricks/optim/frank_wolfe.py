@@ -10,9 +10,15 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.optim import Optimizer
 
-from lightning_dnn_tricks.optim._common import check_positive
+from lightning_dnn_tricks.optim._common import (
+    check_like_defaults,
+    check_option,
+    check_positive,
+    checked_params,
+    refuse_sparse,
+)
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import check_choice, check_number
+from lightning_dnn_tricks.validation import check_number
 
 Trajectory = Literal["official", "textbook"]
 TRAJECTORIES: tuple[Trajectory, ...] = ("official", "textbook")
@@ -69,6 +75,14 @@ class FrankWolfe(Optimizer):
             grad <- -buf / eps                       the mean of the normalised gradients
             base optimizer step (Adam by default)
 
+    With ``radius=None`` an lr of exactly 0 (a warm-up from 0, ``PolynomialLR``,
+    ``LinearLR(end_factor=0)``) gives ``eps = 0``: the step adds nothing to ``buf``, and a
+    restart hands the base optimizer this step's ``d`` instead of ``-buf / eps`` (for ``K = 1``
+    the two agree at every ``eps > 0``), so its lr of 0 makes a zero outer step and its state
+    stays finite. Complex parameters are supported: norms are moduli, and with torch's Adam (which
+    treats a complex tensor as pairs of reals) a run equals the one on ``torch.view_as_real`` of
+    the parameter; another base optimizer must support complex tensors itself.
+
     ``K = 1`` is the base optimizer on per-tensor normalised gradients: the benchmark's ablation.
     The base optimizer is built over the same param groups (the group dicts are shared, so an LR
     scheduler acting on this optimizer changes the base optimizer's ``lr``); its state is part of
@@ -84,19 +98,25 @@ class FrankWolfe(Optimizer):
     and the end of training see the anchor weights without any per-step copy.
 
     Args:
-        params: parameters or param groups (a group may set ``lr``, ``inner_steps``, ``radius``,
-            ``trajectory``, ``tiny`` and any option of the base optimizer).
-        lr: learning rate of the base optimizer (> 0).
+        params: parameters, ``(name, parameter)`` pairs or param groups (a group may set ``lr``,
+            ``inner_steps``, ``radius``, ``trajectory``, ``tiny`` and any option of the base
+            optimizer). Dense gradients only.
+        lr: learning rate of the base optimizer (> 0; a scheduler may take it to 0).
         inner_steps: ``K``, steps per inner trajectory (integer >= 1).
         radius: ``eps``, radius of the ball (> 0); ``None`` means the group's current ``lr``.
         trajectory: ``"official"`` (cumulative, the authors' code) or ``"textbook"``.
         base_optimizer: the outer optimizer class or its dotted path (default Adam).
-        base_kwargs: keyword arguments of the base optimizer other than ``lr``.
+        base_kwargs: keyword arguments of the base optimizer other than ``lr``; a value whose
+            default in the base's signature is a number must be a finite number (not a bool).
         tiny: added to the gradient norm (> 0), so a zero gradient gives ``d = 0``, not NaN.
 
     Raises:
-        ValueError: an argument is out of range (the message names it), or the base optimizer
-            rejects ``base_kwargs``.
+        ValueError: an argument is out of range or NaN/inf, a number is a bool, an option is
+            unknown (the message names the argument), or the base optimizer rejects
+            ``base_kwargs``.
+        TypeError: ``params`` is not an iterable of leaf tensors or param groups.
+        TrickConfigurationError: (a ``ValueError``) at ``step``, before anything moves, when a
+            gradient is sparse (``nn.Embedding(sparse=True)``: build it with ``sparse=False``).
         RuntimeError: ``step`` is called while the anchor weights are swapped in.
 
     Examples:
@@ -114,7 +134,11 @@ class FrankWolfe(Optimizer):
         tensors whose inner loop ended (all of them unless a tensor skipped steps), and their
         ``.grad`` is left holding ``-buf / eps``. Parameters without a gradient are skipped and
         their step counts do not advance. When ``t == K`` the trajectory move is skipped (the
-        restart overwrites it).
+        restart overwrites it). At ``eps = 0`` (see above) the restart gradient is ``d``: the
+        paper's ``-buf / eps`` is undefined there. An lr set to 0 in the middle of a trajectory
+        still lets ``buf`` (``"official"``: the weights) decay as ``(1 - 1/t) buf`` until the
+        restart puts the anchor back; with an explicit ``radius`` the trajectory still explores
+        the ball while the anchor stays fixed.
     """
 
     spec: ClassVar[TrickSpec] = FRANK_WOLFE_SPEC
@@ -142,6 +166,7 @@ class FrankWolfe(Optimizer):
         if base_kwargs is not None and not isinstance(base_kwargs, dict):
             raise ValueError(f"`base_kwargs` must be a dict or None, got {base_kwargs!r}.")
         kwargs = dict(base_kwargs or {})
+        check_like_defaults("base_kwargs", kwargs, base_cls)
         clash = sorted(set(kwargs) & {"params", *_OWN_KEYS})
         if clash:
             raise ValueError(
@@ -150,7 +175,7 @@ class FrankWolfe(Optimizer):
             )
         self.base_optimizer = base_optimizer
         self.base_kwargs = kwargs
-        super().__init__(params, defaults)
+        super().__init__(checked_params(params), defaults)
         try:
             self.base: Optimizer = base_cls(self.param_groups, lr=lr, **kwargs)  # type: ignore[call-arg]
         except (TypeError, ValueError) as error:
@@ -162,12 +187,12 @@ class FrankWolfe(Optimizer):
         check_number("inner_steps", group["inner_steps"], low=1, integer=True)
         if group["radius"] is not None:
             check_positive("radius", group["radius"])
-        check_choice("trajectory", group["trajectory"], TRAJECTORIES)
+        check_option("trajectory", group["trajectory"], TRAJECTORIES)
         check_positive("tiny", group["tiny"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._check_group({**self.defaults, **param_group})  # before the group is added
         super().add_param_group(param_group)
-        self._check_group(self.param_groups[-1])
         if hasattr(self, "base"):  # groups added after construction go to the base too
             self.base.add_param_group(self.param_groups[-1])
 
@@ -251,19 +276,22 @@ class FrankWolfe(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        work = []
+        for index, group in enumerate(self.param_groups):  # refuse before anything moves
+            params = [p for p in group["params"] if p.grad is not None]
+            refuse_sparse(type(self).__name__, index, params)
+            work.append((group, params))
         restarting: list[torch.Tensor] = []
-        for group in self.param_groups:
-            restarting += self._inner_step(group)
+        for group, params in work:
+            if params:
+                restarting += self._inner_step(group, params)
         if restarting:
             self._base_step(restarting)
         return loss
 
-    def _inner_step(self, group: dict[str, Any]) -> list[torch.Tensor]:
+    def _inner_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> list[torch.Tensor]:
         k = int(group["inner_steps"])
         eps = float(group["lr"] if group["radius"] is None else group["radius"])
-        params = [p for p in group["params"] if p.grad is not None]
-        if not params:
-            return []
         states = [self.state[p] for p in params]
         for p, state in zip(params, states, strict=True):
             if not state:
@@ -279,14 +307,15 @@ class FrankWolfe(Optimizer):
                 torch._foreach_copy_(
                     [states[i]["anchor"] for i in first], [params[i] for i in first]
                 )
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
         norms = torch._foreach_norm(grads)
         torch._foreach_add_(norms, group["tiny"])
         directions = torch._foreach_div(grads, norms)
         bufs = [state["buf"] for state in states]
         torch._foreach_mul_(bufs, [1.0 - 1.0 / t for t in ts])
-        torch._foreach_mul_(directions, [-eps / t for t in ts])
-        torch._foreach_add_(bufs, directions)
+        if eps > 0.0:  # eps = 0 (an lr of 0) adds nothing, and d is kept for a restart
+            torch._foreach_mul_(directions, [-eps / t for t in ts])
+            torch._foreach_add_(bufs, directions)
         moving = [i for i, t in enumerate(ts) if t < k]
         if moving:
             moved = [params[i] for i in moving]
@@ -304,8 +333,11 @@ class FrankWolfe(Optimizer):
                     [params[i] for i in ending], [states[i]["anchor"] for i in ending]
                 )
             ending_grads = [grads[i] for i in ending]
-            torch._foreach_copy_(ending_grads, [bufs[i] for i in ending])
-            torch._foreach_div_(ending_grads, -eps)
+            if eps > 0.0:
+                torch._foreach_copy_(ending_grads, [bufs[i] for i in ending])
+                torch._foreach_div_(ending_grads, -eps)
+            else:  # -buf / 0 is undefined: d, so the base's lr of 0 gives a zero step
+                torch._foreach_copy_(ending_grads, [directions[i] for i in ending])
         for state in states:
             state["fw_step"] += 1
         return [params[i] for i in ending]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Literal
@@ -14,11 +16,15 @@ from lightning_dnn_tricks.optim._common import (
     ProbeHooks,
     RNGState,
     check_closure,
+    check_option,
     check_positive,
+    checked_params,
+    inner_products,
     param_devices,
+    refuse_sparse,
 )
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import check_choice, check_number
+from lightning_dnn_tricks.validation import TrickWarning, check_number
 
 Mode = Literal["g2", "srk2"]
 MODES: tuple[Mode, ...] = ("g2", "srk2")
@@ -46,16 +52,6 @@ SGDG2_SPEC = register_trick(
         docs_page="methods/sgdg2.md",
     )
 )
-
-
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    """``sum_i <a_i, b_i>`` over a list of tensors, accumulated in float32 or wider."""
-    parts = []
-    for x, y in zip(a, b, strict=True):
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x, y = x.float(), y.float()
-        parts.append(torch.dot(x.reshape(-1), y.reshape(-1)))
-    return float(torch.stack(parts).double().sum())
 
 
 def _step_from(
@@ -103,19 +99,27 @@ class SGDG2(Optimizer):
         X    <- X - h_new g                    (from X, not from Y)
 
     On a quadratic with curvature ``lam`` along the gradient, ``h_opt = 2 / lam`` and ``h``
-    approaches it from below. ``h`` is the param group's ``lr``: schedulers, loggers and
-    checkpoints see the adapted value. With ``mode="srk2"`` the step is the non-adaptive
-    second-order Runge-Kutta (Heun) step ``X <- X - h/2 (g + g~)`` (see :class:`SRK2`).
+    approaches it from below. ``h`` is the param group's ``lr``: loggers and checkpoints see the
+    adapted value, and an LR scheduler that writes ``lr`` replaces ``h`` (see Warns). With
+    ``mode="srk2"`` the step is the non-adaptive second-order Runge-Kutta (Heun) step
+    ``X <- X - h/2 (g + g~)`` with a fixed or scheduled ``lr`` (see :class:`SRK2`).
 
     The global RNG (CPU and the CUDA devices of the parameters) is reset before the probe
     evaluation to its state before the first one, so dropout draws the same masks, and is left
     where the first evaluation left it. Parameters without a gradient after the first evaluation
     are skipped. Context managers registered with :meth:`register_probe_hook` are entered around
     the probe evaluation (:func:`~lightning_dnn_tricks.optim.preserve_buffers` keeps BatchNorm
-    running statistics from moving twice; the Lightning path registers it for you).
+    running statistics from moving twice; the Lightning path registers it for you), those
+    registered with :meth:`register_first_evaluation_hook` around the first one.
+
+    Inner products are real (``Re <D, g>``), so complex parameters are supported: a run equals
+    the one on ``torch.view_as_real`` of the parameters. They cannot overflow (float64 when
+    float32 would), and a step size that would still be NaN or infinite (infinite gradients)
+    keeps the previous one.
 
     Args:
-        params: parameters or param groups (each group may set any of the options below).
+        params: parameters, ``(name, parameter)`` pairs or param groups (each group may set any
+            of the options below). Dense gradients only; complex parameters are supported.
         lr: initial step size ``h_0`` (> 0).
         beta: smoothing of the step-size update, in [0, 1).
         h_min: smallest step size (> 0).
@@ -125,8 +129,18 @@ class SGDG2(Optimizer):
         tiny: threshold on ``||D||`` below which ``h`` is kept (> 0).
 
     Raises:
-        ValueError: an argument is out of range (the message names it), or ``step`` is called
-            without a closure.
+        ValueError: an argument is out of range or NaN/inf, a number is a bool, an option is
+            unknown (the message names the argument), or ``step`` is called without a closure.
+        TypeError: ``params`` is not an iterable of leaf tensors or param groups.
+        TrickConfigurationError: (a ``ValueError``) at ``step``, after the first evaluation and
+            before any parameter moves, when a gradient is sparse
+            (``nn.Embedding(sparse=True)``: build it with ``sparse=False``).
+
+    Warns:
+        TrickWarning: once, when a ``"g2"`` group's ``lr`` after the first evaluation differs
+            from ``adapted_lr``, the value the last step wrote: a scheduler or a callback writes
+            it, and the adaptation restarts from the written value every time. The warning
+            names :attr:`lr_scheduler_name` (``OptimizerSupport`` sets it to the Trainer's).
 
     Examples:
         >>> import torch
@@ -150,10 +164,15 @@ class SGDG2(Optimizer):
         device-to-host synchronisation per group (the new ``h`` is a Python float). The copy of
         ``X`` taken for the probe lives in a buffer kept between steps (one extra copy of the
         parameters in memory, not part of ``state_dict``), because allocating it anew every step
-        costs more than the copy itself.
+        costs more than the copy itself. Inner products that overflow in float32 are redone in
+        float64 (only then). An lr written from outside is used as given (warned, not refused):
+        a multiplicative schedule (``StepLR``, ``ExponentialLR``) composes as a scale on ``h``.
     """
 
     spec: ClassVar[TrickSpec] = SGDG2_SPEC
+    #: Who else writes ``lr`` (a scheduler's class name), named in the warning; ``None``: unknown.
+    lr_scheduler_name: str | None = None
+    _warned_lr = False  # set on the instance by the warning
 
     def __init__(
         self,
@@ -177,8 +196,9 @@ class SGDG2(Optimizer):
         }
         self._check_group(dict(defaults))
         self._probe_hooks = ProbeHooks()
+        self._first_hooks = ProbeHooks()
         self._origin: dict[int, torch.Tensor] = {}
-        super().__init__(params, defaults)
+        super().__init__(checked_params(params), defaults)
 
     @staticmethod
     def _check_group(group: dict[str, Any]) -> None:
@@ -188,7 +208,7 @@ class SGDG2(Optimizer):
         if group["h_max"] is not None:
             check_positive("h_max", group["h_max"])
         check_number("weight_decay", group["weight_decay"], low=0.0)
-        check_choice("mode", group["mode"], MODES)
+        check_option("mode", group["mode"], MODES)
         check_positive("tiny", group["tiny"])
         h_max = 10.0 * group["lr"] if group["h_max"] is None else group["h_max"]
         if not group["h_min"] <= group["lr"] <= h_max:
@@ -197,17 +217,19 @@ class SGDG2(Optimizer):
             )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._check_group({**self.defaults, **param_group})  # before the group is added
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        self._check_group(group)
         if group["h_max"] is None:
             group["h_max"] = 10.0 * group["lr"]
         group.setdefault("last_h_opt", group["lr"])
+        group.setdefault("adapted_lr", group["lr"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        if not hasattr(self, "_probe_hooks"):  # copies and unpickled optimizers start without
-            self._probe_hooks = ProbeHooks()
+        for name in ("_probe_hooks", "_first_hooks"):  # copies and unpickled optimizers
+            if not hasattr(self, name):
+                setattr(self, name, ProbeHooks())
         if not hasattr(self, "_origin"):
             self._origin = {}
 
@@ -217,26 +239,33 @@ class SGDG2(Optimizer):
         """Enter ``context()`` around every probe evaluation; returns a removable handle."""
         return self._probe_hooks.register(context)
 
+    def register_first_evaluation_hook(
+        self, context: Callable[[], AbstractContextManager[Any]]
+    ) -> RemovableHandle:
+        """Enter ``context()`` around every first evaluation (at ``X``); a removable handle."""
+        return self._first_hooks.register(context)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate the closure at ``X`` and at the probe ``Y``, then update ``X`` and ``h``.
-
-        Returns the loss of the first evaluation (at ``X``).
-        """
+        """Evaluate the closure at ``X`` and at the probe ``Y``, update ``X`` and ``h``; returns
+        the loss of the first evaluation (at ``X``)."""
         closure = check_closure(type(self).__name__, closure)
         devices = param_devices(p for group in self.param_groups for p in group["params"])
         before = RNGState(devices)
-        with torch.enable_grad():
+        with self._first_hooks.entered(), torch.enable_grad():
             loss = closure()
         after = RNGState(devices)
 
-        work = []  # (group, params, gradients at X, copies of X)
-        for group in self.param_groups:
+        found = []
+        for index, group in enumerate(self.param_groups):  # refuse before anything moves
             params = [p for p in group["params"] if p.grad is not None]
+            refuse_sparse(type(self).__name__, index, params)
+            self._check_lr_writer(index, group)
+            found.append((group, params))
+        work = []  # (group, params, gradients at X, copies of X)
+        for group, params in found:
             if not params:
                 continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients.")
             grads: list[torch.Tensor] = [p.grad for p in params]
             if group["weight_decay"]:
                 grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
@@ -267,6 +296,23 @@ class SGDG2(Optimizer):
             for p, grad in zip(params, saved, strict=True):
                 p.grad = grad
         return loss
+
+    def _check_lr_writer(self, index: int, group: dict[str, Any]) -> None:
+        """Warn once when ``lr`` differs from what the last step wrote (a scheduler's work)."""
+        written = group.get("adapted_lr")
+        if group["mode"] != "g2" or written is None or group["lr"] == written or self._warned_lr:
+            return
+        self._warned_lr = True
+        by = self.lr_scheduler_name or "something outside the optimizer (an LR scheduler?)"
+        warnings.warn(
+            f"{type(self).__name__}: the lr of param group {index} was changed outside the "
+            f"optimizer (its last step left {written!r}, the next one found {group['lr']!r}), "
+            f"by {by}. That overrides the step size SGD-G2 adapts: the adaptation restarts from "
+            "the written value every time. Remove the scheduler (SGD-G2 sets the lr itself; "
+            "bound it with h_min/h_max), or use SRK2 or SGD for a scheduled lr. Warned once.",
+            TrickWarning,
+            stacklevel=3,
+        )
 
     def _copies_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Copies of ``params`` (``X``) in buffers reused from step to step (not state).
@@ -305,12 +351,13 @@ class SGDG2(Optimizer):
             torch._foreach_add_(params, probe, alpha=-h / 2)
             return
         torch._foreach_sub_(probe, grads)  # g~ - g = -D, in place: no parameter-sized allocation
-        h_new, h_opt = adapted_step(
-            h, -_dot(probe, grads), _dot(probe, probe), group["beta"], group["tiny"]
-        )
+        minus_dot, d_norm_sq = inner_products(probe, grads)
+        h_new, h_opt = adapted_step(h, -minus_dot, d_norm_sq, group["beta"], group["tiny"])
+        if not (math.isfinite(h_new) and math.isfinite(h_opt)):  # inf/inf: infinite gradients
+            h_new = h_opt = h
         h_new = min(max(h_new, group["h_min"]), group["h_max"])
         _step_from(params, origin, grads, -h_new)
-        group["lr"] = h_new
+        group["lr"] = group["adapted_lr"] = h_new
         group["last_h_opt"] = h_opt
 
 
@@ -323,7 +370,7 @@ class SRK2(SGDG2):
 
     Args:
         params: parameters or param groups.
-        lr: step size ``h`` (> 0).
+        lr: step size ``h`` (> 0); an LR scheduler may set it (SRK2 does not adapt it).
         weight_decay: L2 penalty added to both gradients, >= 0.
 
     Raises:

@@ -14,8 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_dnn_tricks import TrickConfigurationError
-from lightning_dnn_tricks.callbacks import OptimizerSupport
+from lightning_dnn_tricks import TrickConfigurationError, TrickWarning
+from lightning_dnn_tricks.callbacks import IterativeMagnitudePruning, OptimizerSupport
 from lightning_dnn_tricks.callbacks.optimizer_support import callbacks_factory
 from lightning_dnn_tricks.optim import SGDG2, FrankWolfe
 
@@ -43,11 +43,15 @@ class Module(pl.LightningModule):
             nn.Linear(4, 8), nn.BatchNorm1d(8), MaskRecorder(), nn.Linear(8, 1)
         )
         self.make_optimizer = optimizer
-        self.logged_losses = 0
+        self.logged: list[str] = []  # a list: an int attribute changed by training_step warns
         self.val_weights: list[torch.Tensor] = []
 
+    @property
+    def logged_losses(self) -> int:
+        return self.logged.count("train/loss")
+
     def log(self, name: str, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        self.logged_losses += name == "train/loss"
+        self.logged.append(name)
         super().log(name, *args, **kwargs)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -176,3 +180,64 @@ def test_every_trainer_gets_exactly_one_optimizer_support() -> None:
     }
     trainer = pl.Trainer(logger=False, enable_checkpointing=False)
     assert sum(isinstance(c, OptimizerSupport) for c in trainer.callbacks) == 1
+
+
+class OneCycleModule(Module):
+    def configure_optimizers(self) -> Any:
+        optimizer = SGDG2(self.parameters(), lr=0.01)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=0.1, total_steps=10, cycle_momentum=False
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def test_a_scheduler_overwriting_the_adapted_step_size_is_named() -> None:
+    trainer = pl.Trainer(max_steps=3, callbacks=[OptimizerSupport()], **QUIET_TRAINER)
+    with pytest.warns(TrickWarning, match=r"SGDG2.*OneCycleLR.*h_min.*SRK2") as record:
+        trainer.fit(OneCycleModule(None), _loader())
+    assert sum(issubclass(w.category, TrickWarning) for w in record) == 1
+
+
+class CarriedState(pl.LightningModule):
+    """An RNN whose hidden state is carried from batch to batch on the module."""
+
+    def __init__(self, carry: bool) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.RNN(4, 6, batch_first=True), nn.Linear(6, 1)
+        self.carry = carry
+        self.hidden: torch.Tensor | None = None
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x = batch[0].unsqueeze(1)
+        out, hidden = self.rnn(x, self.hidden)
+        if self.carry:
+            self.hidden = hidden.detach()
+        return nn.functional.mse_loss(self.head(out[:, -1]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return SGDG2(self.parameters(), lr=0.01)
+
+
+def test_state_carried_between_the_two_evaluations_warns_once() -> None:
+    trainer = pl.Trainer(max_steps=3, callbacks=[OptimizerSupport()], **QUIET_TRAINER)
+    with pytest.warns(TrickWarning, match=r"SGDG2.*hidden.*probe") as record:
+        trainer.fit(CarriedState(carry=True), _loader())
+    assert sum(issubclass(w.category, TrickWarning) for w in record) == 1
+
+
+def test_a_module_that_carries_nothing_does_not_warn() -> None:
+    trainer = pl.Trainer(max_steps=3, callbacks=[OptimizerSupport()], **QUIET_TRAINER)
+    trainer.fit(CarriedState(carry=False), _loader())  # a TrickWarning would be an error here
+
+
+def test_a_callback_pinning_the_lr_during_the_closure_is_detected() -> None:
+    """IMP with rewind="finetune" sets the lr in on_before_optimizer_step (inside the closure)."""
+    pruning = IterativeMagnitudePruning(
+        amount=0.5, rounds=2, epochs_per_round=1, rewind="finetune", monitor=None, verbose=False
+    )
+    trainer = pl.Trainer(max_epochs=3, callbacks=[OptimizerSupport(), pruning], **QUIET_TRAINER)
+    with pytest.warns(TrickWarning, match=r"SGDG2.*lr.*outside.*an LR scheduler\?"):
+        trainer.fit(Module(lambda p: SGDG2(p, lr=0.01)), _loader())

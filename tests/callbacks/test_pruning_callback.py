@@ -345,9 +345,7 @@ def test_exported_timm_backbone_loads_into_a_fresh_timm_model(tmp_path: Path) ->
     )
     pl.seed_everything(0)
     module = TimmClassifier(name, num_classes=3, in_chans=1)
-    trainer = pl.Trainer(
-        max_epochs=2, callbacks=[callback], limit_train_batches=2, **QUIET_TRAINER
-    )
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback], limit_train_batches=2, **QUIET_TRAINER)
     trainer.fit(module, tiny_loader())
     fresh = timm.create_model(name, num_classes=3, in_chans=1)
     fresh.load_state_dict(torch.load(path, weights_only=True))  # plain tensors only

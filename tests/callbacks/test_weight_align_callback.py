@@ -92,3 +92,19 @@ def test_manual_optimisation_trains_the_aligned_model() -> None:
     trainer = pl.Trainer(max_steps=2, callbacks=[WeightAlign()], **QUIET_TRAINER)
     trainer.fit(model, tiny_loader())
     assert not torch.equal(_gain(model).detach(), torch.full((4,), 2**0.5))
+
+
+def test_fan_in_one_layer_is_skipped_with_the_reason_in_the_summary() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 3, 1, groups=3), nn.Conv2d(3, 4, 3))
+    before = model[0].weight.detach().clone()
+    summary = WeightAlign().apply(model)
+    assert summary.changed_names == ["1"] and [s.name for s in summary.skipped] == ["0"]
+    assert "fan-in 1" in summary.skipped[0].reason and "fan-in 1" in str(summary)
+    assert not is_weight_aligned(model[0]) and torch.equal(model[0].weight, before)
+
+
+def test_flags_must_be_bools() -> None:
+    with pytest.raises(TypeError, match="`exclude_classifier`"):
+        WeightAlign(exclude_classifier="false")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`include_linear`"):
+        WeightAlign(include_linear=1)  # type: ignore[arg-type]

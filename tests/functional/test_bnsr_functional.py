@@ -164,3 +164,49 @@ def test_remove_restores_the_original_classes_and_state() -> None:
     assert torch.equal(model.body[1].running_mean, running)
     assert not any("running_lam" in key for key in model.state_dict())
     assert apply_bnsr(model).num_changed == 4
+
+
+def test_empty_batch_warp_is_the_identity_and_finite() -> None:
+    """``skewness_warp`` on an empty batch used to raise ZeroDivisionError (with gradients)."""
+    empty = torch.zeros(0, 3, 2, requires_grad=True)
+    assert torch.equal(batch_skewness(empty), torch.zeros(3))
+    warped, lam = skewness_warp(empty, alpha=1.0)
+    assert warped.shape == empty.shape and torch.equal(lam, torch.ones(3))
+    warped.sum().backward()
+    assert torch.equal(newton_exponent(empty.detach(), torch.ones(3), 2), torch.ones(3))
+    warped, lam = YeoJohnsonWarp(newton_steps=2).fit(empty)
+    assert warped.shape == empty.shape and torch.isfinite(lam).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"alpha": True}, "alpha"),
+        ({"alpha": 10**400}, "alpha"),
+        ({"alpha": float("nan")}, "alpha"),
+        ({"newton_steps": True}, "newton_steps"),
+        ({"newton_steps": 10**400}, "newton_steps"),
+        ({"warp": "identity", "alpha": True}, "alpha"),
+        ({"warp": IdentityWarp(), "newton_steps": False}, "newton_steps"),
+        ({"warp": 3}, "warp"),
+        ({"compiled": 1}, "compiled"),
+    ],
+)
+def test_apply_bnsr_bad_arguments_name_the_argument(
+    kwargs: dict[str, object], argument: str
+) -> None:
+    with pytest.raises((ValueError, TypeError), match=f"`{argument}`"):
+        apply_bnsr(nn.Sequential(nn.BatchNorm2d(2)), **kwargs)  # type: ignore[arg-type]
+
+
+def test_surgery_and_yeo_johnson_refuse_wrong_types() -> None:
+    for function in (apply_bnsr, remove_bnsr):
+        with pytest.raises(TypeError, match="`model`"):
+            function("model")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`x`"):
+        yeo_johnson([1.0], 0.5)  # type: ignore[arg-type]
+    for lam in (float("nan"), float("inf"), True, 10**400):
+        with pytest.raises(ValueError, match="`lam`"):
+            yeo_johnson(torch.ones(2), lam)
+    with pytest.raises(TypeError, match="`lam`"):
+        yeo_johnson(torch.ones(2), "0.5")  # type: ignore[arg-type]

@@ -180,3 +180,92 @@ def test_importance_weighted_minibatch_gradients_are_unbiased() -> None:
     slope = math.log(errors[-1] / errors[0]) / math.log(draws[-1] / draws[0])
     assert -0.8 < slope < -0.3, errors  # ~ 1/sqrt(draws)
     assert errors[-1] < 0.05
+
+
+def test_empty_batch_gives_zero_loss_with_zero_gradient() -> None:
+    """The weighted mean of an empty batch used to be NaN (and poison the parameters)."""
+    layer = nn.Linear(2, 3)
+    logits = layer(torch.zeros(0, 2))
+    targets = torch.zeros(0, dtype=torch.long)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    batch = {"example": None, "weight": torch.zeros(0), "record": torch.zeros(0, 3)}
+    loss = importance_weighted_mean(losses, batch, logits=logits, targets=targets)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert layer.weight.grad is not None and torch.count_nonzero(layer.weight.grad) == 0
+    torch.testing.assert_close(
+        importance_weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([0.5, 1.5])),
+        torch.tensor(2.5),
+    )
+
+
+def test_logit_grad_norm_with_no_positions_is_zero() -> None:
+    """Per-position logits with no positions used to give NaN (0 / 0)."""
+    norms = logit_grad_norm(torch.randn(3, 0, 4), torch.zeros(3, 0, dtype=torch.long))
+    assert torch.equal(norms, torch.zeros(3))
+    assert logit_grad_norm(torch.randn(0, 4), torch.zeros(0, dtype=torch.long)).shape == (0,)
+    with pytest.raises(ValueError, match="C >= 1"):
+        logit_grad_norm(torch.randn(3, 0), torch.zeros(3, dtype=torch.long))
+
+
+def test_ess_fraction_of_no_examples_is_one() -> None:
+    """``ess_fraction`` of nothing used to be NaN; it is 1 (no loss against uniform)."""
+    assert ess_fraction(torch.zeros(0)).item() == 1.0
+    assert ess_fraction(torch.zeros(0)).dtype == torch.float64
+    assert effective_sample_size(torch.zeros(0)).item() == 0.0
+
+
+@pytest.mark.parametrize("theta", [10**400, float("inf")])
+def test_huge_theta_raises_naming_it(theta: object) -> None:
+    with pytest.raises(ValueError, match="`theta`"):
+        importance_probabilities(torch.ones(3), theta=theta)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.5, float("nan"), True, 10**400, "0.1"])
+def test_bad_label_smoothing_raises_naming_it(smoothing: object) -> None:
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        logit_grad_norm(torch.randn(2, 3), torch.zeros(2).long(), smoothing)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`label_smoothing`"):
+        importance_weighted_mean(
+            torch.ones(2),
+            torch.ones(2),
+            label_smoothing=smoothing,  # type: ignore[arg-type]
+        )
+
+
+def test_wrong_types_are_refused_naming_the_argument() -> None:
+    calls = {
+        "scores": lambda: importance_probabilities([1.0, 2.0]),  # type: ignore[arg-type]
+        "probabilities": lambda: importance_weights([0.5, 0.5]),  # type: ignore[arg-type]
+        "indices": lambda: importance_weights(torch.ones(2) / 2, [0]),  # type: ignore[arg-type]
+        "weights": lambda: effective_sample_size([1.0]),  # type: ignore[arg-type]
+        "logits": lambda: logit_grad_norm([[0.0]], torch.zeros(1).long()),  # type: ignore[arg-type]
+        "losses": lambda: importance_weighted_mean([1.0], torch.ones(1)),  # type: ignore[arg-type]
+        "batch": lambda: importance_weighted_mean(torch.ones(1), [1.0]),  # type: ignore[arg-type]
+        "model": lambda: per_example_grad_norms(
+            "m",
+            F.mse_loss,
+            torch.ones(1, 2),
+            torch.ones(1, 2),  # type: ignore[arg-type]
+        ),
+        "loss_fn": lambda: per_example_grad_norms(
+            nn.Linear(2, 2),
+            "mse",
+            torch.ones(1, 2),
+            torch.ones(1, 2),  # type: ignore[arg-type]
+        ),
+    }
+    for argument, call in calls.items():
+        with pytest.raises(TypeError, match=f"`{argument}`"):
+            call()
+    with pytest.raises(TypeError, match="`probabilities`"):
+        ess_fraction([0.5, 0.5])  # type: ignore[arg-type]
+    for chunk_size in (0, 1.5, True, 10**400):
+        with pytest.raises(ValueError, match="`chunk_size`"):
+            per_example_grad_norms(
+                nn.Linear(2, 2),
+                F.mse_loss,
+                torch.ones(1, 2),
+                torch.ones(1, 2),
+                chunk_size=chunk_size,  # type: ignore[arg-type]
+            )

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_dnn_tricks.functional import add_norm_loss_grad_, norm_loss, row_norms
+from lightning_dnn_tricks.functional import (
+    add_norm_loss_grad_,
+    mean_abs_norm_deviation,
+    norm_loss,
+    row_norms,
+)
 
 
 def _weights(dtype: torch.dtype = torch.float64) -> list[torch.nn.Parameter]:
@@ -96,3 +101,72 @@ def test_rejects_vectors_and_bad_reduction() -> None:
         norm_loss([torch.ones(2, 2)], reduction="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`reduction`"):
         add_norm_loss_grad_([torch.ones(2, 2)], 1.0, reduction="max")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 3, 3, 3), (3, 0, 3, 3)])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_empty_weights_contribute_zero_with_finite_gradients(
+    shape: tuple[int, ...], reduction: str
+) -> None:
+    """A weight without entries used to give a NaN loss (0 rows) or a ZeroDivisionError."""
+    empty = torch.nn.Parameter(torch.zeros(shape))
+    other = torch.nn.Parameter(torch.tensor([[3.0, 4.0]]))
+    loss = norm_loss([empty, other], reduction=reduction)  # type: ignore[arg-type]
+    assert loss.item() == pytest.approx(16.0)  # (1 - 5)^2 from `other` alone
+    loss.backward()
+    assert empty.grad is not None and torch.isfinite(empty.grad).all()
+    assert norm_loss([empty]).item() == 0.0
+    empty.grad, other.grad = None, None
+    norms = add_norm_loss_grad_([empty, other], 1.0, reduction=reduction)  # type: ignore[arg-type]
+    torch.testing.assert_close(norms, torch.tensor([5.0]))
+    assert empty.grad is None  # left alone
+    torch.testing.assert_close(other.grad, torch.tensor([[2 * 4 * 0.6, 2 * 4 * 0.8]]))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_huge_rows_get_the_float64_gradient(reduction: str) -> None:
+    """Rows of 1e20 overflow float32's squares: the gradient used to be NaN."""
+    w = torch.nn.Parameter(torch.tensor([[1e20, -2e20, 3e20], [0.3, 0.4, 0.0], [1e-3, 0.0, 0.0]]))
+    w.grad = torch.ones_like(w)
+    reference = w.detach().double().requires_grad_(True)
+    (0.1 * norm_loss([reference], reduction=reduction)).backward()  # type: ignore[arg-type]
+    add_norm_loss_grad_([w], 0.1, reduction=reduction)  # type: ignore[arg-type]
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+    assert reference.grad is not None
+    torch.testing.assert_close(w.grad.double() - 1.0, reference.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"strength": -1.0}, "strength"),  # would ascend the Norm Loss
+        ({"strength": float("nan")}, "strength"),
+        ({"strength": float("inf")}, "strength"),
+        ({"strength": 10**400}, "strength"),
+        ({"strength": True}, "strength"),
+        ({"strength": "0.1"}, "strength"),
+        ({"reduction": "max"}, "reduction"),
+        ({"reduction": 1}, "reduction"),
+        ({"weights": torch.ones(2, 2)}, "weights"),
+        ({"weights": [torch.ones(2, 2), "w"]}, "weights"),
+        ({"weights": None}, "weights"),
+    ],
+)
+def test_add_norm_loss_grad_bad_arguments_name_the_argument(
+    kwargs: dict[str, object], argument: str
+) -> None:
+    w = torch.nn.Parameter(torch.ones(2, 2))
+    arguments: dict[str, object] = {"weights": [w], "strength": 0.1, **kwargs}
+    with pytest.raises((ValueError, TypeError), match=f"`{argument}`"):
+        add_norm_loss_grad_(**arguments)  # type: ignore[arg-type]
+    assert w.grad is None  # nothing was added before the refusal
+
+
+def test_other_functions_refuse_wrong_types() -> None:
+    with pytest.raises(TypeError, match="`weights`"):
+        norm_loss(torch.ones(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`weights`"):
+        row_norms((torch.ones(2, 2), 3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`norms`"):
+        mean_abs_norm_deviation([1.0])  # type: ignore[arg-type]
+    assert add_norm_loss_grad_([torch.nn.Parameter(torch.ones(2, 2))], 0.0).numel() == 2

@@ -148,3 +148,63 @@ def test_an_existing_optimizer_can_be_given_the_gains() -> None:
 def test_bad_arguments_name_the_argument(kwargs: dict[str, object], argument: str) -> None:
     with pytest.raises(ValueError, match=f"`{argument}`"):
         apply_weight_align(nn.Conv2d(1, 1, 1), **kwargs)  # type: ignore[arg-type]
+
+
+def test_fan_in_one_layers_are_skipped_untouched_with_the_reason() -> None:
+    """Centring one weight leaves zero: such a layer used to be aligned into a dead layer."""
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 1, groups=4),  # depthwise 1x1: fan-in 1
+        nn.Conv2d(4, 4, 3, groups=4),  # depthwise 3x3: fan-in 9, aligned
+        nn.Flatten(),
+        nn.Linear(1, 3),  # fan-in 1
+        nn.Linear(3, 2),
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    summary = apply_weight_align(model, include_linear=True, exclude_classifier=False)
+    assert summary.changed_names == ["1", "4"]
+    skipped = {s.name: s.reason for s in summary.skipped}
+    assert set(skipped) == {"0", "3"}
+    assert all("fan-in 1" in reason and "dead" in reason for reason in skipped.values())
+    assert "skipped 2" in str(summary) and "fan-in 1" in str(summary)
+    for name in ("0", "3"):
+        assert not is_weight_aligned(model.get_submodule(name))
+        assert type(model.get_submodule(name)) in (nn.Conv2d, nn.Linear)
+        assert torch.equal(model.get_submodule(name).weight, before[f"{name}.weight"])
+    out = model[0](torch.randn(2, 4, 3, 3))
+    out.sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0  # alive
+    only = nn.Sequential(nn.Linear(1, 3), nn.ReLU())
+    with pytest.warns(TrickWarning, match="fan-in 1"):
+        apply_weight_align(only, include_linear=True, exclude_classifier=False).warn_if_empty("WA")
+    empty = apply_weight_align(
+        nn.Sequential(nn.Linear(0, 2), nn.Linear(2, 0)),
+        include_linear=True,
+        exclude_classifier=False,
+    )
+    assert empty.num_changed == 0 and len(empty.skipped) == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"gain": True}, "gain"),
+        ({"gain": 10**400}, "gain"),
+        ({"eps": float("inf")}, "eps"),
+        ({"eps": 10**400}, "eps"),
+        ({"layer_types": nn.Conv2d}, "layer_types"),
+        ({"layer_types": "Conv2d"}, "layer_types"),
+        ({"include_linear": "true"}, "include_linear"),
+        ({"include_linear": 1}, "include_linear"),
+        ({"exclude_classifier": "false"}, "exclude_classifier"),
+        ({"exclude_classifier": None}, "exclude_classifier"),
+    ],
+)
+def test_more_bad_arguments_name_the_argument(kwargs: dict[str, object], argument: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=f"`{argument}`"):
+        apply_weight_align(nn.Conv2d(1, 1, 1), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("function", [apply_weight_align, remove_weight_align, fold_weight_align])
+def test_a_non_module_model_is_refused(function: object) -> None:
+    with pytest.raises(TypeError, match="`model`"):
+        function("model")  # type: ignore[operator]

@@ -11,7 +11,15 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from lightning_dnn_tricks.nn import BNSR1d, BNSR2d, BNSRAct2d, IdentityWarp, YeoJohnsonWarp
+from lightning_dnn_tricks.functional import yeo_johnson
+from lightning_dnn_tricks.nn import (
+    BNSR1d,
+    BNSR2d,
+    BNSRAct2d,
+    IdentityWarp,
+    YeoJohnsonWarp,
+    bnsr_class_for,
+)
 
 # (BatchNorm layer, its BNSR class, an input shape)
 LAYERS: dict[str, tuple[Callable[..., nn.Module], type[nn.Module], tuple[int, ...]]] = {
@@ -189,3 +197,105 @@ def test_compiled_layer_computes_the_same_as_eager() -> None:
     torch.testing.assert_close(compiled.eval()(x), eager.eval()(x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="`compiled`"):
         BNSR2d(4, compiled=1)  # type: ignore[arg-type]
+
+
+def _autograd_bnsr(x: torch.Tensor, alpha: float, eps: float) -> torch.Tensor:
+    """BNSR's training-mode forward written with plain differentiable ops (no custom backward)."""
+    dims = (0, *range(2, x.dim()))
+    x_hat = (x - x.mean(dims, keepdim=True)) / torch.sqrt(
+        x.var(dims, correction=0, keepdim=True) + eps
+    )
+    lam = 1.0 - alpha * torch.tanh(x_hat.pow(3).mean(dims, keepdim=True))
+    y = yeo_johnson(x_hat, lam)
+    return (y - y.mean(dims, keepdim=True)) / torch.sqrt(
+        y.var(dims, correction=0, keepdim=True) + eps
+    )
+
+
+def test_float16_model_has_finite_gradients_matching_float64_autograd() -> None:
+    """A model cast to float16 used to give NaN input gradients (overflow in half precision)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 2, generator=generator).exp()  # lognormal: strongly right-skewed
+    upstream = 100.0 * torch.randn(4096, 2, generator=generator)
+    layer = BNSR1d(2).half()
+    half_x = x.half().requires_grad_(True)
+    out = layer(half_x)
+    (out * upstream.half()).sum().backward()
+    assert out.dtype == torch.float16 and half_x.grad is not None
+    assert half_x.grad.dtype == torch.float16 and layer.running_lam.dtype == torch.float16
+    assert torch.isfinite(out).all() and torch.isfinite(half_x.grad).all()
+
+    reference_x = half_x.detach().double().requires_grad_(True)
+    reference = _autograd_bnsr(reference_x, alpha=1.0, eps=layer.eps)
+    (reference * upstream.double()).sum().backward()
+    assert reference_x.grad is not None
+    scale = reference_x.grad.abs().max().item()
+    torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-2)
+    torch.testing.assert_close(half_x.grad.double(), reference_x.grad, rtol=0, atol=1e-2 * scale)
+    float_layer = BNSR1d(2)
+    float_layer(half_x.detach().float())
+    for name in ("running_mean", "running_var", "running_lam", "running_warp_mean"):
+        torch.testing.assert_close(
+            layer.get_buffer(name).float(), float_layer.get_buffer(name), rtol=2e-3, atol=2e-3
+        )
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_empty_batch_gives_an_empty_output_and_keeps_the_statistics(
+    layer: str, momentum: float | None
+) -> None:
+    """An empty batch used to raise ZeroDivisionError (and NaN running_lam without gradients)."""
+    make, bnsr_class, shape = LAYERS[layer]
+    reference = make(shape[1], momentum=momentum)
+    module = bnsr_class.from_module(copy.deepcopy(reference))  # type: ignore[attr-defined]
+    module(_skewed(shape))  # some statistics to keep
+    reference(_skewed(shape))
+    before = {name: b.clone() for name, b in module.named_buffers()}
+    empty = torch.zeros(0, *shape[1:], requires_grad=True)
+    out = module(empty)
+    expected = reference(empty)
+    assert out.shape == expected.shape == empty.shape
+    out.sum().backward()
+    assert empty.grad is not None and empty.grad.shape == empty.shape
+    for name, buffer in module.named_buffers():
+        if name == "num_batches_tracked":  # counted, as BatchNorm counts it
+            assert int(buffer) == int(reference.num_batches_tracked) == 2
+        else:
+            assert torch.equal(buffer, before[name]), name
+    module.eval()
+    assert module(empty.detach()).shape == empty.shape
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument", "error"),
+    [
+        ({"num_features": 0}, "num_features", ValueError),
+        ({"num_features": 2.5}, "num_features", ValueError),
+        ({"num_features": True}, "num_features", ValueError),
+        ({"num_features": 10**400}, "num_features", ValueError),
+        ({"eps": 0.0}, "eps", ValueError),
+        ({"eps": float("nan")}, "eps", ValueError),
+        ({"momentum": 1.5}, "momentum", ValueError),
+        ({"momentum": float("inf")}, "momentum", ValueError),
+        ({"momentum": "0.1"}, "momentum", ValueError),
+        ({"affine": "yes"}, "affine", TypeError),
+        ({"track_running_stats": 1}, "track_running_stats", TypeError),
+        ({"no_such_argument": 1}, "no_such_argument", TypeError),
+        ({"compiled": "no"}, "compiled", ValueError),
+        ({"warp": "yeo_johnson"}, "warp", TypeError),
+    ],
+)
+def test_constructor_arguments_name_the_argument(
+    kwargs: dict[str, object], argument: str, error: type[Exception]
+) -> None:
+    arguments: dict[str, object] = {"num_features": 3, **kwargs}
+    for bnsr_class in (BNSR1d, BNSR2d, BNSRAct2d):
+        with pytest.raises(error, match=f"`?{argument}`?"):
+            bnsr_class(**arguments)  # type: ignore[arg-type]
+
+
+def test_bnsr_class_for_refuses_a_non_module() -> None:
+    assert bnsr_class_for(nn.BatchNorm2d(2)) is BNSR2d and bnsr_class_for(nn.ReLU()) is None
+    with pytest.raises(TypeError, match="`module`"):
+        bnsr_class_for("BatchNorm2d")  # type: ignore[arg-type]

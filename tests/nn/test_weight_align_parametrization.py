@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from timm.layers import StdConv2d
+from timm.layers import ScaledStdConv2d, StdConv2d
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lightning_dnn_tricks.nn import WeightAlignParametrization
+from lightning_dnn_tricks.nn import WeightAlignParametrization, is_weight_aligned
 from lightning_dnn_tricks.nn.weight_align import align_weight
 
 
@@ -141,3 +141,108 @@ def test_no_grad_forward_equals_grad_forward_and_second_order_raises() -> None:
     (grad,) = torch.autograd.grad(training.square().sum(), weight, create_graph=True)
     with pytest.raises(RuntimeError, match=r"once_differentiable|differentiate"):
         grad.sum().backward()
+
+
+def _degenerate_weight(dtype: torch.dtype) -> torch.Tensor:
+    """A depthwise 3x3 weight: a zero filter, a constant filter, then ordinary filters."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(6, 1, 3, 3, generator=generator) * 0.2
+    weight[0] = 0.0
+    weight[1] = 0.7
+    return weight.to(dtype)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-5])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_zero_and_constant_filters_are_finite_zero_in_every_dtype(
+    dtype: torch.dtype, eps: float
+) -> None:
+    """float16 used to give NaN weight gradients here (``1e-30`` rounds to 0 in half precision)."""
+    weight = _degenerate_weight(dtype).requires_grad_(True)
+    gain = torch.full((6,), math.sqrt(2), dtype=dtype, requires_grad=True)
+    upstream = torch.randn(6, 1, 3, 3, generator=torch.Generator().manual_seed(4)).to(dtype)
+    aligned = align_weight(weight, gain, eps)
+    (aligned * upstream).sum().backward()
+    assert aligned.dtype == dtype and weight.grad is not None and gain.grad is not None
+    assert weight.grad.dtype == dtype and gain.grad.dtype == dtype
+    assert torch.isfinite(aligned).all()
+    assert torch.isfinite(weight.grad).all() and torch.isfinite(gain.grad).all()
+    assert torch.count_nonzero(aligned[:2]) == 0  # zero and constant filters: a zero row
+    assert torch.count_nonzero(weight.grad[:2]) == 0 and torch.count_nonzero(gain.grad[:2]) == 0
+
+    # The ordinary filters against float64 autograd of the per-filter reference.
+    raw = weight.detach().double().requires_grad_(True)
+    gain64 = gain.detach().double().requires_grad_(True)
+    reference = reference_align(raw[2:], gain64[2:], eps)
+    (reference * upstream.double()[2:]).sum().backward()
+    low_precision = dtype != torch.float32
+    tolerance = {"rtol": 2e-2, "atol": 2e-2} if low_precision else {"rtol": 1e-5, "atol": 1e-6}
+    torch.testing.assert_close(aligned[2:].double(), reference, **tolerance)
+    torch.testing.assert_close(weight.grad[2:].double(), raw.grad[2:], **tolerance)
+    torch.testing.assert_close(gain.grad[2:].double(), gain64.grad[2:], **tolerance)
+
+
+def test_float16_matches_timm_scaled_std_conv2d() -> None:
+    """With ``gain = sqrt(2)`` WeightAlign is timm's ``ScaledStdConv2d`` weight (METHODS §7)."""
+    scaled = ScaledStdConv2d(6, 6, 3, groups=6, bias=False, gamma=math.sqrt(2), eps=1e-12)
+    with torch.no_grad():
+        scaled.weight.copy_(_degenerate_weight(torch.float32))
+        scaled.weight[1] = 0.0  # timm leaves rounding noise on a constant filter: compare zeros
+    x = torch.randn(2, 6, 5, 5, generator=torch.Generator().manual_seed(5))
+    expected = scaled(x).detach()
+    ours = align_weight(scaled.weight.detach().half(), torch.full((6,), 2**0.5).half(), 0.0)
+    assert ours.dtype == torch.float16 and torch.isfinite(ours).all()
+    assert torch.count_nonzero(ours[:2]) == 0
+    got = nn.functional.conv2d(x, ours.float(), padding=1, groups=6)
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_tiny_filters_keep_finite_gradients() -> None:
+    """A filter far below eps (norm 1e-35) and one at the eps = 0 floor stay finite."""
+    weight = torch.zeros(3, 4)
+    weight[0, :2] = torch.tensor([1e-35, -1e-35])
+    weight[1, :2] = torch.tensor([1e-12, -1e-12])
+    weight[2] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    for eps in (0.0, 1e-5):
+        raw = weight.clone().requires_grad_(True)
+        gain = torch.full((3,), 1.5, requires_grad=True)
+        aligned = align_weight(raw, gain, eps)
+        (aligned * torch.arange(12.0).view(3, 4)).sum().backward()
+        assert torch.isfinite(aligned).all() and torch.isfinite(raw.grad).all()  # type: ignore[arg-type]
+        assert torch.isfinite(gain.grad).all()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument", "error"),
+    [
+        ({"out_channels": True}, "out_channels", ValueError),
+        ({"out_channels": float("nan")}, "out_channels", ValueError),
+        ({"gain": True}, "gain", ValueError),
+        ({"gain": float("nan")}, "gain", ValueError),
+        ({"gain": "big"}, "gain", ValueError),
+        ({"eps": float("inf")}, "eps", ValueError),
+        ({"eps": False}, "eps", ValueError),
+        ({"dtype": torch.int64}, "dtype", ValueError),
+        ({"dtype": "float32"}, "dtype", ValueError),
+        ({"device": "no-such-device"}, "device", ValueError),
+        ({"device": 1.5}, "device", ValueError),
+    ],
+)
+def test_more_bad_arguments_name_the_argument(
+    kwargs: dict[str, object], argument: str, error: type[Exception]
+) -> None:
+    arguments: dict[str, object] = {"out_channels": 3, **kwargs}
+    with pytest.raises(error, match=f"`{argument}`"):
+        WeightAlignParametrization(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("argument", ["out_channels", "gain", "eps"])
+def test_huge_integers_name_the_argument(argument: str) -> None:
+    arguments: dict[str, object] = {"out_channels": 3, argument: 10**400}
+    with pytest.raises(ValueError, match=f"`{argument}`"):
+        WeightAlignParametrization(**arguments)  # type: ignore[arg-type]
+
+
+def test_is_weight_aligned_refuses_a_non_module() -> None:
+    with pytest.raises(TypeError, match="`module`"):
+        is_weight_aligned("conv")  # type: ignore[arg-type]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
+from optim_cases import complex_least_squares
 from torch import nn
 
 from lightning_dnn_tricks.optim import SGDG2, SRK2, preserve_buffers
 from lightning_dnn_tricks.optim.sgdg2 import adapted_step
+from lightning_dnn_tricks.validation import TrickWarning
 
 
 def _closure(opt: torch.optim.Optimizer, loss_fn):  # type: ignore[no-untyped-def]
@@ -151,3 +154,95 @@ def test_step_without_closure_explains_why() -> None:
     opt = SGDG2([nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match=r"closure.*16-mixed"):
         opt.step()
+
+
+def _quadratic_run(
+    dtype: torch.dtype, scale: float, steps: int
+) -> tuple[list[float], torch.Tensor]:
+    """SGD-G2 on ``f = scale/2 * sum(c_i x_i^2)``: gradients ~ scale, curvature ~ scale."""
+    curvatures = torch.linspace(1.0, 2.0, 10, dtype=torch.float64).to(dtype)
+    x = nn.Parameter(torch.linspace(-1.0, 1.0, 10, dtype=torch.float64).to(dtype) + 2.0)
+    h0 = 0.1 / scale
+    opt = SGDG2([x], lr=h0, h_min=1e-6 * h0, h_max=10 * h0)
+    lrs = []
+    for _ in range(steps):
+        opt.step(_closure(opt, lambda: 0.5 * scale * (curvatures * x**2).sum()))
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs, x.detach()
+
+
+def test_inner_products_of_float32_gradients_near_1e20_do_not_overflow() -> None:
+    """<D, g> and ||D||^2 are ~1e40, past float32's 3.4e38: the float64 run is the reference."""
+    found, x32 = _quadratic_run(torch.float32, 1e20, steps=5)
+    expected, x64 = _quadratic_run(torch.float64, 1e20, steps=5)
+    assert all(math.isfinite(h) for h in found)
+    assert found == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(x32.double(), x64, rtol=1e-4, atol=1e-6)
+
+
+def test_a_non_finite_step_size_keeps_the_previous_one() -> None:
+    """A probe gradient of -inf makes <D, g> and ||D||^2 infinite in float64 too: inf/inf."""
+    x = nn.Parameter(torch.ones(3))
+    opt = SGDG2([x], lr=0.1)
+    calls = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        x.grad = torch.tensor([1.0, 1.0, -math.inf if calls == 2 else 1.0])
+        return torch.zeros(())
+
+    opt.step(closure)
+    assert opt.param_groups[0]["lr"] == 0.1 and math.isfinite(opt.param_groups[0]["last_h_opt"])
+    assert torch.equal(x.detach(), torch.full((3,), 0.9))
+    opt.step(_closure(opt, lambda: (x**2).sum()))  # and it adapts again afterwards
+    assert math.isfinite(opt.param_groups[0]["lr"]) and opt.param_groups[0]["lr"] != 0.1
+
+
+def test_complex_parameters_adapt_as_their_real_view() -> None:
+    """Supported: inner products are real (Re <D, g>, with conjugation), so the run equals the
+    same run on ``torch.view_as_real`` of the parameter."""
+    (z, loss_z), (r, loss_r) = complex_least_squares(rows=6)
+    opt_z, opt_r = SGDG2([z], lr=0.01, weight_decay=0.01), SGDG2([r], lr=0.01, weight_decay=0.01)
+    for _ in range(5):
+        opt_z.step(_closure(opt_z, loss_z))
+        opt_r.step(_closure(opt_r, loss_r))
+        assert opt_z.param_groups[0]["lr"] == pytest.approx(opt_r.param_groups[0]["lr"], rel=1e-12)
+    torch.testing.assert_close(torch.view_as_real(z.detach()), r.detach(), rtol=1e-12, atol=1e-12)
+    assert opt_z.param_groups[0]["lr"] != 0.01
+
+
+def test_sparse_gradients_are_refused_before_any_parameter_moves() -> None:
+    dense, embedding = nn.Linear(3, 2), nn.Embedding(5, 3, sparse=True)
+    opt = SGDG2([{"params": dense.parameters()}, {"params": embedding.parameters()}], lr=0.01)
+    before = [p.detach().clone() for p in dense.parameters()]
+    closure = _closure(opt, lambda: dense(embedding(torch.tensor([1, 2]))).sum())
+    with pytest.raises(ValueError, match=r"SGDG2.*sparse.*param group 1.*\(5, 3\).*sparse=False"):
+        opt.step(closure)
+    assert all(torch.equal(a, p) for a, p in zip(before, dense.parameters(), strict=True))
+
+
+def test_an_lr_written_from_outside_warns_once() -> None:
+    """OneCycleLR writes the lr before every step: SGD-G2's adaptation is overwritten."""
+    x = nn.Parameter(torch.ones(3))
+    opt = SGDG2([x], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, total_steps=10, cycle_momentum=False
+    )
+    with pytest.warns(TrickWarning, match=r"SGDG2.*lr.*param group 0.*outside") as record:
+        for _ in range(4):
+            opt.step(_closure(opt, lambda: (x**2).sum()))
+            scheduler.step()
+    assert sum(issubclass(w.category, TrickWarning) for w in record) == 1
+
+
+def test_a_scheduler_on_srk2_is_its_fixed_lr() -> None:
+    x = nn.Parameter(torch.ones(3))
+    opt = SRK2([x], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, total_steps=10, cycle_momentum=False
+    )
+    for _ in range(3):  # no TrickWarning (the suite turns it into an error)
+        opt.step(_closure(opt, lambda: (x**2).sum()))
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
