@@ -39,7 +39,14 @@ BUILTIN_CALLBACKS: dict[str, BuiltinCallback] = {
         BuiltinCallback(
             "StochasticWeightAveraging",
             "lightning.pytorch.callbacks.StochasticWeightAveraging",
-            frozenset({"averages_weights", "writes_weights_at_train_end", "rewinds_schedule"}),
+            frozenset(
+                {
+                    "averages_weights",
+                    "writes_weights_at_train_end",
+                    "rewinds_schedule",
+                    "sets_learning_rate",
+                }
+            ),
         ),
         BuiltinCallback(
             "ModelPruning",
@@ -49,7 +56,7 @@ BUILTIN_CALLBACKS: dict[str, BuiltinCallback] = {
         BuiltinCallback(
             "BackboneFinetuning",
             "lightning.pytorch.callbacks.BackboneFinetuning",
-            frozenset({"unfreezes_parameters"}),
+            frozenset({"unfreezes_parameters", "sets_learning_rate"}),
         ),
         BuiltinCallback(
             "GradientAccumulationScheduler",
@@ -136,6 +143,13 @@ RULES: tuple[Rule, ...] = (
         "a rewind restores the optimizer's param groups as they were before parameters were "
         "unfrozen and added",
         "Unfreeze before the first rewind point, or train without BackboneFinetuning.",
+    ),
+    Rule(
+        "adapts_learning_rate",
+        "sets_learning_rate",
+        "SGD-G2 sets the lr to its adapted step size at every step, and the other writes the lr "
+        "on its own schedule, so each overwrites the other",
+        "Train that run with SRK2 or SGD (a scheduled lr), or drop the lr-writing callback.",
     ),
     Rule(
         "changes_data",

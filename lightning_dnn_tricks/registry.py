@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
+
+from lightning_dnn_tricks.validation import check_bool, check_choice, check_number, check_text
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 Strategy = Literal["single_device", "ddp"]
@@ -17,6 +19,8 @@ TrickKind = Literal["callback", "optimizer", "data"]
 
 Effect = Literal[
     "optimizer",
+    "adapts_learning_rate",
+    "sets_learning_rate",
     "writes_weights_at_train_end",
     "averages_weights",
     "masks_weights",
@@ -36,6 +40,8 @@ Effect = Literal[
 #: What each declared effect means (the docs' composition page lists this table).
 EFFECTS: dict[Effect, str] = {
     "optimizer": "is the optimizer of the weights it trains",
+    "adapts_learning_rate": "sets the lr itself at every step (an adapted step size)",
+    "sets_learning_rate": "writes the optimizer's lr during training (a schedule of its own)",
     "writes_weights_at_train_end": "writes other values into the weights when training ends",
     "averages_weights": "keeps an average of the weights and swaps it in (validation, train end)",
     "masks_weights": "holds pruned weights (and their optimizer state) at zero",
@@ -91,6 +97,23 @@ class Capabilities:
     effects: frozenset[Effect] = frozenset()
 
     def __post_init__(self) -> None:
+        for flag in (
+            "needs_closure",
+            "changes_structure",
+            "gradient_accumulation",
+            "torch_compile",
+            "manual_optimization",
+        ):
+            check_bool(flag, getattr(self, flag))
+        check_number(
+            "gradient_evaluations_per_step", self.gradient_evaluations_per_step, low=1, integer=True
+        )
+        if self.max_optimizers is not None:
+            check_number("max_optimizers", self.max_optimizers, low=1, integer=True)
+        for precision in self.precisions:
+            check_choice("precisions", precision, get_args(Precision))
+        for strategy in self.strategies:
+            check_choice("strategies", strategy, get_args(Strategy))
         unknown = set(self.effects) - set(EFFECTS)
         if unknown:
             raise ValueError(f"`effects` must be among {sorted(EFFECTS)}, got {sorted(unknown)}.")
@@ -128,6 +151,14 @@ class TrickSpec:
     reconstruction: bool = False
     docs_page: str = ""
 
+    def __post_init__(self) -> None:
+        for name in ("name", "import_path", "summary", "paper", "docs_page"):
+            check_text(name, getattr(self, name), optional=False)
+        check_choice("kind", self.kind, get_args(TrickKind))
+        check_bool("reconstruction", self.reconstruction)
+        if ":" not in self.import_path:
+            raise ValueError(f"`import_path` must be 'module:attribute', got {self.import_path!r}.")
+
     def load(self) -> type:
         """Import and return the trick's class."""
         module_name, _, attribute = self.import_path.partition(":")
@@ -154,6 +185,8 @@ def _load_shipped_tricks() -> None:
 
 def list_tricks(kind: TrickKind | None = None) -> list[TrickSpec]:
     """All registered tricks (optionally of one ``kind``), sorted by name."""
+    if kind is not None:
+        check_choice("kind", kind, get_args(TrickKind))
     _load_shipped_tricks()
     specs = sorted(_REGISTRY.values(), key=lambda spec: spec.name)
     return [spec for spec in specs if kind is None or spec.kind == kind]
@@ -161,6 +194,7 @@ def list_tricks(kind: TrickKind | None = None) -> list[TrickSpec]:
 
 def get_trick(name: str) -> TrickSpec:
     """The registered trick called ``name``; ``KeyError`` lists the known names."""
+    check_text("name", name, optional=False)
     _load_shipped_tricks()
     try:
         return _REGISTRY[name]

@@ -53,6 +53,13 @@ def check_bool(name: str, value: Any) -> None:
         raise TypeError(f"`{name}` must be True or False, got {value!r}.")
 
 
+def check_text(name: str, value: Any, optional: bool = True) -> None:
+    """Raise ``TypeError`` unless ``value`` is a ``str`` (or ``None`` when ``optional``)."""
+    if not (isinstance(value, str) or (optional and value is None)):
+        allowed = "a string or None" if optional else "a string"
+        raise TypeError(f"`{name}` must be {allowed}, got {value!r}.")
+
+
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
     if value not in choices:

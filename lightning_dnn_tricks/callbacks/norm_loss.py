@@ -18,7 +18,7 @@ from lightning_dnn_tricks.functional.norm_loss import (
 )
 from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, check_pattern, select_weights
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_number
+from lightning_dnn_tricks.validation import TrickWarning, check_bool, check_choice, check_number
 
 NORM_LOSS_SPEC = register_trick(
     TrickSpec(
@@ -90,6 +90,7 @@ class NormLoss(TrickCallback):
         exclude_classifier: bool = False,
     ) -> None:
         check_number("strength", strength, low=0.0, low_inclusive=False)
+        check_bool("exclude_classifier", exclude_classifier)
         check_choice("reduction", reduction, REDUCTIONS)
         check_pattern("include", include)
         check_pattern("exclude", exclude)

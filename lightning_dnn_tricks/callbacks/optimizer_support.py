@@ -20,7 +20,7 @@ from lightning_dnn_tricks.callbacks._lightning import (
     averaging_callbacks,
     should_log,
 )
-from lightning_dnn_tricks.callbacks.base import TrickCallback
+from lightning_dnn_tricks.callbacks.base import TrickCallback, finish_restarted_epoch
 from lightning_dnn_tricks.composition import conflict, trick_party
 from lightning_dnn_tricks.optim import SGDG2, FrankWolfe, preserve_buffers
 from lightning_dnn_tricks.optim._common import AttributeFingerprint
@@ -196,6 +196,10 @@ class OptimizerSupport(Callback):
                 register = pl_module._register_state_dict_hook
             # A partial, not the bound method: torch marks hooks with an attribute.
             self._handles.append(register(functools.partial(self._anchor_state_dict)))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._frank_wolfe or self._closure_optimizers:
+            finish_restarted_epoch(trainer)
 
     def check(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer

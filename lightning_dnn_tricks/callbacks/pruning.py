@@ -36,7 +36,13 @@ from lightning_dnn_tricks.functional.pruning import (
 )
 from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, check_pattern
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_number
+from lightning_dnn_tricks.validation import (
+    TrickWarning,
+    check_bool,
+    check_choice,
+    check_number,
+    check_text,
+)
 
 Rewind = Literal["lr", "weights", "init", "finetune"]
 REWINDS: tuple[Rewind, ...] = ("lr", "weights", "init", "finetune")
@@ -108,12 +114,15 @@ class IterativeMagnitudePruning(TrickCallback):
     Raises:
         ValueError: an argument is out of range or does not fit the rewinding mode (the message
             names it).
-        TrickConfigurationError: at ``setup``, ``max_epochs`` does not fit the schedule; at
-            ``on_train_start``, ``max_steps`` ends the run before the schedule does; at resume,
+        TrickConfigurationError: at ``setup``, ``max_epochs`` does not fit the schedule, or the
+            export cannot be written (a directory, an unwritable place, an unknown
+            ``export_submodule``); at resume,
             the checkpoint was written with other values of the schedule arguments (``amount``,
             ``rounds``, ``epochs_per_round``, ``scope``, ``rewind``, ``rewind_epoch``,
             ``rewind_step``) or of the layer selection. A change of ``monitor``,
             ``export_path``, ``export_submodule`` or ``verbose`` is accepted with a warning.
+            A ``max_steps`` that ends the run before the schedule does is warned about at
+            ``on_train_start``, naming the round and sparsity the run will reach.
 
     Examples:
         >>> import lightning.pytorch as pl
@@ -157,6 +166,14 @@ class IterativeMagnitudePruning(TrickCallback):
         check_choice("rewind", rewind, REWINDS)
         check_pattern("include", include)
         check_pattern("exclude", exclude)
+        check_bool("exclude_classifier", exclude_classifier)
+        check_bool("verbose", verbose)
+        for name, text in (
+            ("monitor", monitor),
+            ("export_path", export_path),
+            ("export_submodule", export_submodule),
+        ):
+            check_text(name, text)
         _rewind.check_layer_types(layer_types)
         for name, value in (("rewind_epoch", rewind_epoch), ("rewind_step", rewind_step)):
             if value is not None:
@@ -237,18 +254,33 @@ class IterativeMagnitudePruning(TrickCallback):
             )
 
     def _check_max_steps(self, trainer: pl.Trainer, steps_per_epoch: int) -> None:
-        """Refuse a ``max_steps`` that ends the run before the schedule's last round."""
+        """Warn when ``max_steps`` ends the run before the schedule's last round.
+
+        A warning, not a refusal: a short smoke run is legitimate, as long as it says which
+        round it reaches.
+        """
         if trainer.max_steps == -1 or getattr(trainer, "fast_dev_run", False):
             return
         needed = self.total_epochs * steps_per_epoch
-        if trainer.max_steps < needed:
-            self._refuse(
-                f"max_steps={trainer.max_steps} ends the run before the schedule does: "
-                f"{self.rounds + 1} rounds ({self._describe_rounds()}) of {steps_per_epoch} "
-                f"optimizer steps per epoch take {needed} steps.",
-                f"Set max_steps=-1 (the schedule stops the run) or max_steps>={needed}, or "
-                "shorten the schedule.",
-            )
+        if trainer.max_steps >= needed:
+            return
+        reached, start = 0, 0  # a round starts with the first step of its first epoch
+        while (
+            reached < self.rounds
+            and (start + self.round_epochs(reached)) * steps_per_epoch < trainer.max_steps
+        ):
+            start += self.round_epochs(reached)
+            reached += 1
+        warnings.warn(
+            f"{type(self).__name__}: max_steps={trainer.max_steps} ends the run before the "
+            f"schedule does: {self.rounds + 1} rounds ({self._describe_rounds()}) of "
+            f"{steps_per_epoch} optimizer steps per epoch take {needed} steps. This run stops "
+            f"in round {reached} of {self.rounds}, at sparsity {self.sparsity_after(reached):.4f}"
+            f" instead of {self.sparsity_after(self.rounds):.4f}. Set max_steps=-1 (the schedule "
+            f"stops the run) or max_steps>={needed}, or shorten the schedule.",
+            TrickWarning,
+            stacklevel=2,
+        )
 
     def _describe_rounds(self) -> str:
         return f"{self.epochs_per_round} epochs each"

@@ -9,6 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_dnn_tricks.validation import check_number
+
 
 class StepTimer(Callback):
     """Wall-clock time of each training batch, from ``on_train_batch_start`` to its end.
@@ -25,6 +27,7 @@ class StepTimer(Callback):
     """
 
     def __init__(self, warmup_steps: int = 3) -> None:
+        check_number("warmup_steps", warmup_steps, low=0, integer=True)
         self.warmup_steps = warmup_steps
         self.durations: list[float] = []
         self._started: float | None = None

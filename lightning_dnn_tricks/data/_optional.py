@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from lightning_dnn_tricks.validation import check_text
+
 #: Distribution names of optional modules whose import name differs.
 _PACKAGES = {"sklearn": "scikit-learn"}
 
@@ -24,6 +26,9 @@ def require(module_name: str, feature: str, *, extra: str = "examples") -> Modul
         >>> require("math", "the example").sqrt(4.0)
         2.0
     """
+    check_text("module_name", module_name, optional=False)
+    check_text("feature", feature, optional=False)
+    check_text("extra", extra, optional=False)
     try:
         return importlib.import_module(module_name)
     except ImportError as error:

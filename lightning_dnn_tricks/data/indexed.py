@@ -40,6 +40,7 @@ from lightning_dnn_tricks.functional.importance_sampling import (
     RECORD_WIDTH,
     WEIGHT_KEY,
 )
+from lightning_dnn_tricks.validation import check_number
 
 #: DataLoader settings copied when a loader is rebuilt around an importance sampler.
 _LOADER_SETTINGS = (
@@ -219,6 +220,10 @@ def importance_sampler(
     Several ranks: ``num_replicas > 1``, or ``num_replicas`` not given and an initialised process
     group with a world size above 1 (``num_samples`` is then per rank).
     """
+    if num_replicas is not None:
+        check_number("num_replicas", num_replicas, low=1, integer=True)
+    if rank is not None:
+        check_number("rank", rank, low=0, integer=True)
     if num_replicas is None and dist.is_available() and dist.is_initialized():
         num_replicas = dist.get_world_size()
     if num_replicas is not None and num_replicas > 1:

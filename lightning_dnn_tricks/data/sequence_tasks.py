@@ -11,6 +11,9 @@ from torch.utils.data import TensorDataset
 from lightning_dnn_tricks.data.base import DatasetSplits, InMemoryDataModule
 from lightning_dnn_tricks.validation import check_number
 
+#: The largest count (examples, steps, symbols) the generators accept.
+MAX_EXAMPLES = 10**8
+
 
 def make_adding_problem(
     num_examples: int, seq_len: int, generator: torch.Generator | None = None
@@ -22,6 +25,8 @@ def make_adding_problem(
     ``[seq_len // 2, seq_len)``, 0 elsewhere; and ``y`` float32 ``(num_examples, 1)``, the sum of
     the two marked values.
     """
+    check_number("num_examples", num_examples, low=0, high=MAX_EXAMPLES, integer=True)
+    check_number("seq_len", seq_len, low=2, high=MAX_EXAMPLES, integer=True)
     values = torch.rand(num_examples, seq_len, generator=generator)
     half = seq_len // 2
     first = torch.randint(0, half, (num_examples, 1), generator=generator)
@@ -47,6 +52,10 @@ def make_copy_memory(
     ``(num_examples, T)``: 0 everywhere except the last ``copy_length`` positions, which hold the
     symbols to recall.
     """
+    check_number("num_examples", num_examples, low=0, high=MAX_EXAMPLES, integer=True)
+    check_number("delay", delay, low=1, high=MAX_EXAMPLES, integer=True)
+    check_number("copy_length", copy_length, low=1, high=MAX_EXAMPLES, integer=True)
+    check_number("num_symbols", num_symbols, low=1, high=MAX_EXAMPLES, integer=True)
     seq_len = delay + 2 * copy_length
     shape = (num_examples, copy_length)
     symbols = torch.randint(1, num_symbols + 1, shape, generator=generator)

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lightning_dnn_tricks.validation import check_choice, check_number, check_text
+
 Scope = Literal["global", "layerwise"]
 SCOPES: tuple[Scope, ...] = ("global", "layerwise")
 
@@ -94,10 +96,9 @@ def magnitude_masks(
     if (amount is None) == (sparsity is None):
         raise ValueError("Give exactly one of `amount` and `sparsity`.")
     value, name = (amount, "amount") if amount is not None else (sparsity, "sparsity")
-    if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{name}` must be in [0, 1], got {value!r}.")
-    if scope not in SCOPES:
-        raise ValueError(f"`scope` must be one of {SCOPES}, got {scope!r}.")
+    check_number(name, value, low=0.0, high=1.0)
+    assert value is not None
+    check_choice("scope", scope, SCOPES)
     current = _check_masks(weights, masks)
     if not weights:
         return []
@@ -268,6 +269,7 @@ def pruned_state_dict(
     Returns:
         Tensors only: loadable with ``torch.load(..., weights_only=True)`` without this library.
     """
+    check_text("submodule", submodule)
     module = model.get_submodule(submodule) if submodule else model
     prefix = f"{submodule}." if submodule else ""
     state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

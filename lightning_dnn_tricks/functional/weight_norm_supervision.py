@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.grad import conv1d_weight, conv2d_weight, conv3d_weight
 
+from lightning_dnn_tricks.validation import check_number
+
 Estimate = Literal["operator", "reshape"]
 ESTIMATES: tuple[Estimate, ...] = ("operator", "reshape")
 OperatorKind = Literal["matrix", "conv", "conv_transpose"]
@@ -206,6 +208,10 @@ def initial_vector(operator: WeightOperator, seed: int = 0, device: Any = None) 
     return (v / v.norm()).to(device)
 
 
+#: The most power iterations one call runs (a bound, so that a typo cannot run for ever).
+MAX_ITERATIONS = 100_000
+
+
 def power_iteration(
     weight: Tensor, operator: WeightOperator, v: Tensor, iterations: int = 1
 ) -> SpectralNormEstimate:
@@ -221,8 +227,7 @@ def power_iteration(
         >>> power_iteration(w, op, initial_vector(op), iterations=30).sigma.item()
         3.0
     """
-    if iterations < 1:
-        raise ValueError(f"`iterations` must be >= 1, got {iterations}.")
+    check_number("iterations", iterations, low=1, high=MAX_ITERATIONS, integer=True)
     with torch.no_grad():
         w = weight.detach().to(torch.promote_types(weight.dtype, torch.float32))
         v = v.to(w.dtype)
@@ -425,10 +430,8 @@ def converge_spectral_norms(
             f"`weights`, `operators`, `vectors` (and `mix_vectors`) must have one entry per "
             f"weight, got {count}, {len(operators)}, {len(vectors)} and {len(mixes)}."
         )
-    if not tolerance > 0:
-        raise ValueError(f"`tolerance` must be > 0, got {tolerance!r}.")
-    if max_iterations < 2:
-        raise ValueError(f"`max_iterations` must be >= 2, got {max_iterations}.")
+    check_number("tolerance", tolerance, low=0.0, high=1.0, low_inclusive=False)
+    check_number("max_iterations", max_iterations, low=2, high=MAX_ITERATIONS, integer=True)
     threshold = tolerance**2 / 10
     with torch.no_grad():
         runs = []
@@ -513,6 +516,7 @@ def spectral_norm_grad(
 
 
 def spectral_penalty(sigmas: Tensor, bound: float) -> Tensor:
+    check_number("bound", bound, low=0.0, low_inclusive=False)
     """``sum relu(sigma - bound)^2`` over the given norms (the penalty before ``strength``)."""
     return F.relu(sigmas - bound).pow(2).sum()
 
@@ -528,6 +532,8 @@ def add_spectral_penalty_grad_(
 
     Nothing is added while ``sigma <= bound``. A ``None`` gradient becomes the penalty's alone.
     """
+    check_number("bound", bound, low=0.0, low_inclusive=False)
+    check_number("strength", strength, low=0.0)
     excess = float(estimate.sigma) - bound
     if excess <= 0.0:
         return torch.zeros(())
@@ -550,6 +556,7 @@ def project_spectral_norm_(weight: Tensor, sigma: Tensor | float, bound: float) 
         The supervised norm after the projection, ``min(sigma, bound)`` (a clipped value: log
         ``sigma``, the measured norm, not this).
     """
+    check_number("bound", bound, low=0.0, low_inclusive=False)
     value = float(sigma)
     if value > bound:
         with torch.no_grad():
@@ -622,8 +629,7 @@ def contraction_check(
     """
     if len(inputs) == 0:
         raise ValueError("`inputs` must hold at least one step.")
-    if not tolerance > 0:
-        raise ValueError(f"`tolerance` must be > 0, got {tolerance!r}.")
+    check_number("tolerance", tolerance, low=0.0, low_inclusive=False)
     with torch.no_grad():
         start = _distance(state_a, state_b)
         if start == 0:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lightning_dnn_tricks.validation import check_bool, check_text
+
 WEIGHT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
@@ -69,6 +71,9 @@ def select_layers(
     Returns:
         The selected layers in registration order; each module appears once.
     """
+    check_pattern("include", include)
+    check_pattern("exclude", exclude)
+    check_bool("exclude_classifier", exclude_classifier)
     include_re = re.compile(include) if include else None
     exclude_re = re.compile(exclude) if exclude else None
     classifier = find_classifier(model) if exclude_classifier else None
@@ -92,7 +97,10 @@ def _is_instance(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:
 
 
 def check_pattern(argument: str, pattern: str | None) -> None:
-    """Raise ``ValueError`` naming ``argument`` unless ``pattern`` is a valid regular expression."""
+    """Raise ``ValueError``/``TypeError`` naming ``argument`` unless ``pattern`` is ``None`` or a
+    valid regular expression."""
+    check_text("argument", argument, optional=False)
+    check_text(argument, pattern)
     if pattern is None:
         return
     try:

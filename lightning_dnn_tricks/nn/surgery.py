@@ -40,13 +40,19 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, SelectedLayer, select_layers
+from lightning_dnn_tricks.nn.selection import (
+    WEIGHT_LAYER_TYPES,
+    SelectedLayer,
+    check_pattern,
+    select_layers,
+)
 from lightning_dnn_tricks.nn.surgery_summary import (
     SkippedLayer,
     SurgerySummary,
     class_name,
     update_optimizer_params,
 )
+from lightning_dnn_tricks.validation import check_bool, check_text
 
 __all__ = [
     "LayerSelection",
@@ -83,6 +89,13 @@ class LayerSelection:
     exclude: str | None = None
     exclude_classifier: bool = False
     predicate: Callable[[str, nn.Module], bool] | None = None
+
+    def __post_init__(self) -> None:
+        check_pattern("include", self.include)
+        check_pattern("exclude", self.exclude)
+        check_bool("exclude_classifier", self.exclude_classifier)
+        if self.predicate is not None and not callable(self.predicate):
+            raise TypeError(f"`predicate` must be callable or None, got {self.predicate!r}.")
 
     def select(self, model: nn.Module) -> list[SelectedLayer]:
         """The selected layers of ``model`` in registration order."""
@@ -217,6 +230,7 @@ def replace_modules(
     Raises:
         TypeError: ``build`` returned something other than an ``nn.Module``.
     """
+    check_text("tag", tag, optional=False)
     summary = SurgerySummary(tag=tag)
     replacements: dict[int, nn.Module] = {}
     for layer in resolve_selection(model, select):
@@ -286,6 +300,8 @@ def register_parametrization_on(
         >>> print(register_parametrization_on(model, LayerSelection(), lambda m: Double()))
         Double: changed 0 layers; 2 already applied
     """
+    check_text("tensor_name", tensor_name, optional=False)
+    check_text("tag", tag)
     summary = SurgerySummary(tag=tag or "")
     for layer in resolve_selection(model, layers):
         name, module = layer.name, layer.module

@@ -259,7 +259,8 @@ _NUMBER = (bool, int, float, complex)
 class AttributeFingerprint:
     """The plain tensor, number and tuple-of-tensors attributes in the ``__dict__`` of modules
     (parameters, buffers and submodules live elsewhere): identity and, for tensors, the version
-    counter that in-place writes bump. No tensor data is read, so there is no host sync.
+    counter that in-place writes bump. No tensor data is read, so there is no host sync. Tensors
+    that require grad are left out: they are computed from parameters in each forward.
     """
 
     def __init__(self, modules: list[tuple[str, nn.Module]]) -> None:
@@ -268,7 +269,9 @@ class AttributeFingerprint:
         for prefix, module in modules:
             for name, value in module.__dict__.items():
                 if isinstance(value, torch.Tensor):
-                    if not isinstance(value, nn.Parameter):
+                    # A tensor in the autograd graph is recomputed from parameters in every
+                    # forward (torch.nn.utils.prune's ``weight``, weight_norm), not carried state.
+                    if not value.requires_grad:
                         self.keys.append((prefix, name, id(value), value._version))
                         self.kept.append(value)
                 elif isinstance(value, _NUMBER):

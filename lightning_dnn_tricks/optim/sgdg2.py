@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -47,10 +48,18 @@ SGDG2_SPEC = register_trick(
         import_path="lightning_dnn_tricks.optim.sgdg2:SGDG2",
         summary="SGD that adapts its step size from a second gradient at a probe point.",
         paper=_PAPER,
-        capabilities=CLOSURE_CAPABILITIES,
+        capabilities=dataclasses.replace(
+            CLOSURE_CAPABILITIES, effects=frozenset({"adapts_learning_rate"})
+        ),
         reconstruction=True,
         docs_page="methods/sgdg2.md",
     )
+)
+#: SRK2 (not registered separately): the same needs, a fixed lr that schedules may set.
+SRK2_SPEC = dataclasses.replace(
+    SGDG2_SPEC,
+    import_path="lightning_dnn_tricks.optim.sgdg2:SRK2",
+    capabilities=CLOSURE_CAPABILITIES,
 )
 
 
@@ -394,6 +403,8 @@ class SRK2(SGDG2):
         capabilities (``sgdg2``); :func:`~lightning_dnn_tricks.optim.create_optimizer` knows it
         as ``srk2``.
     """
+
+    spec: ClassVar[TrickSpec] = SRK2_SPEC
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr=lr, weight_decay=weight_decay, mode="srk2")

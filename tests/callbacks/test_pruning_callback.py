@@ -14,7 +14,7 @@ from ldt_testing import QUIET_TRAINER, TinyConvNet, tiny_loader
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
-from lightning_dnn_tricks import TrickConfigurationError
+from lightning_dnn_tricks import TrickConfigurationError, TrickWarning
 from lightning_dnn_tricks.callbacks import AcceleratedIMP, IterativeMagnitudePruning
 from lightning_dnn_tricks.data.loader import ResumableDataLoader
 
@@ -241,17 +241,23 @@ class _CountSteps(Callback):
 
 
 @pytest.mark.parametrize("pruner", [IterativeMagnitudePruning, AcceleratedIMP])
-@pytest.mark.parametrize("max_steps", [4, 11])  # 3 epochs of 4 steps need 12
-def test_max_steps_shorter_than_the_schedule_is_refused_before_training(
-    pruner: type, max_steps: int
+@pytest.mark.parametrize(
+    ("max_steps", "reached"),
+    [
+        (4, "round 0 of 2, at sparsity 0.0000"),
+        (5, "round 1 of 2, at sparsity 0.5000"),
+        (11, "round 2 of 2, at sparsity 0.7500"),
+    ],
+)
+def test_max_steps_shorter_than_the_schedule_is_warned_with_the_round_reached(
+    pruner: type, max_steps: int, reached: str
 ) -> None:
     extra = {"accelerated_epochs": 1} if pruner is AcceleratedIMP else {}
-    callback = pruner(amount=0.5, rounds=2, epochs_per_round=1, **extra)
-    counter = _CountSteps()
-    trainer = pl.Trainer(max_steps=max_steps, callbacks=[callback, counter], **QUIET_TRAINER)
-    with pytest.raises(TrickConfigurationError, match=f"max_steps={max_steps}.*take 12 steps"):
+    callback = pruner(amount=0.5, rounds=2, epochs_per_round=1, verbose=False, **extra)
+    trainer = pl.Trainer(max_steps=max_steps, callbacks=[callback], **QUIET_TRAINER)
+    with pytest.warns(TrickWarning, match=f"max_steps={max_steps}.*take 12 steps.*{reached}"):
         trainer.fit(TinyConvNet(), tiny_loader())
-    assert counter.steps == 0
+    assert callback.history[-1]["sparsity"] == pytest.approx(float(reached[-6:]), abs=0.01)
 
 
 def test_max_steps_long_enough_runs_the_whole_schedule() -> None:

@@ -34,6 +34,12 @@ from lightning_dnn_tricks.registry import ALL_PRECISIONS
 
 HERE = Path(__file__).resolve().parent
 
+# These runs last a few steps, far shorter than the pruning schedules on purpose: the pruning
+# callbacks' warning about it is expected here (and tested in tests/callbacks).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*ends the run before the schedule does:lightning_dnn_tricks.TrickWarning"
+)
+
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
