@@ -185,24 +185,28 @@ class TwoOptimizers(Net):
         ]
 
 
-def norm_loss_two_optimizers() -> str:
-    """The Norm Loss gradient that reaches the head's optimizer, over the functional one."""
+def norm_loss_gradient_ratio(model: pl.LightningModule, optimizer_index: int) -> float:
+    """The Norm Loss gradient reaching the head at its optimizer's step, over the functional one
+    (the model trains at lr 0, so both runs see the same weights)."""
     from lightning_dnn_tricks.functional import add_norm_loss_grad_
 
     grads: list[torch.Tensor] = []
 
     class Probe(pl.Callback):
         def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: Any) -> None:
-            if optimizer is trainer.optimizers[1]:
+            if optimizer is trainer.optimizers[optimizer_index]:
                 grads.append(module.head.weight.grad.clone())
 
-    model = TwoOptimizers()  # lr 0: the same weights in both runs
     for callbacks in ([NormLoss(strength=1.0, include="head")], []):
         fit(model, [*callbacks, Probe()], epochs=1, limit_train_batches=1)
     once = model.head.weight.detach().clone().requires_grad_()
     once.grad = torch.zeros_like(once)
     add_norm_loss_grad_([once], strength=1.0)
-    ratio = float((grads[0] - grads[1]).norm() / once.grad.norm())
+    return float((grads[0] - grads[1]).norm() / once.grad.norm())
+
+
+def norm_loss_two_optimizers() -> str:
+    ratio = norm_loss_gradient_ratio(TwoOptimizers(), optimizer_index=1)
     return f"Norm Loss gradient reaching the second optimizer = {ratio:.2f} x the functional one"
 
 
@@ -216,21 +220,7 @@ class TiedNet(Net):
 
 
 def norm_loss_tied_weight() -> str:
-    from lightning_dnn_tricks.functional import add_norm_loss_grad_
-
-    grads: list[torch.Tensor] = []
-
-    class Probe(pl.Callback):
-        def on_before_optimizer_step(self, trainer: Any, module: Any, optimizer: Any) -> None:
-            grads.append(module.head.weight.grad.clone())
-
-    model = TiedNet()
-    for callbacks in ([NormLoss(strength=1.0, include="head")], []):
-        fit(model, [*callbacks, Probe()], epochs=1, limit_train_batches=1)
-    once = model.head.weight.detach().clone().requires_grad_()
-    once.grad = torch.zeros_like(once)
-    add_norm_loss_grad_([once], strength=1.0)
-    ratio = float((grads[0] - grads[1]).norm() / once.grad.norm())
+    ratio = norm_loss_gradient_ratio(TiedNet(), optimizer_index=0)
     return f"Norm Loss gradient on the tied weight = {ratio:.2f} x the functional one"
 
 
