@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 export PYTHONHASHSEED ?= 0
 export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: install demo test lint typecheck unit docs docs-serve bench clean
+.PHONY: install demo test lint typecheck unit docs docs-serve bench fashion-mnist clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -37,6 +37,9 @@ docs-serve: install
 	$(VENV)/bin/mkdocs serve
 
 test: lint typecheck unit docs
+
+fashion-mnist: install
+	$(PY) -c "import sys; from lightning_dnn_tricks.data.fashion_mnist import main; sys.exit(main())"
 
 bench: install
 	$(PY) benchmarks/overhead.py

@@ -146,6 +146,7 @@ VALID_CALLS: dict[str, Call] = {
         data_source=8, batch_size=2, num_replicas=2, rank=0
     ),
     "EpochSeededRandomSampler": _args(data_source=range(5)),
+    "FashionMNISTDataModule": _args(),
     "ImportanceCollate": _args(),
     "IndexedDataset": _args(dataset=lambda: _dataset()),
     "MNIST1DDataModule": _args(),

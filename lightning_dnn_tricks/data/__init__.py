@@ -15,6 +15,7 @@ Examples:
 from lightning_dnn_tricks.data._optional import require
 from lightning_dnn_tricks.data.base import DatasetSplits, InMemoryDataModule
 from lightning_dnn_tricks.data.digits import DigitsDataModule
+from lightning_dnn_tricks.data.fashion_mnist import FashionMNISTDataModule
 from lightning_dnn_tricks.data.importance_samplers import (
     AdaptiveImportanceSampler,
     DistributedAdaptiveImportanceSampler,
@@ -43,6 +44,7 @@ __all__ = [
     "DigitsDataModule",
     "DistributedAdaptiveImportanceSampler",
     "EpochSeededRandomSampler",
+    "FashionMNISTDataModule",
     "ImportanceCollate",
     "InMemoryDataModule",
     "IndexedDataset",
