@@ -166,6 +166,7 @@ VALID_CALLS: dict[str, Call] = {
         strength=0.1,
     ),
     "apply_bnsr": _args(model=lambda: _net()),
+    "apply_decoupled_norm_loss_": _args(weights=lambda: _weights(), lrs=[0.1], strength=0.1),
     "apply_masks_": _args(tensors=lambda: _weights(), masks=lambda: [torch.ones(4, 3)]),
     "apply_masks_everywhere_": _args(params=lambda: _weights(), masks=lambda: [torch.ones(4, 3)]),
     "apply_weight_align": _args(model=lambda: _net()),

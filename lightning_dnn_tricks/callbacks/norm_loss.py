@@ -14,6 +14,7 @@ from lightning_dnn_tricks.functional.norm_loss import (
     REDUCTIONS,
     Reduction,
     add_norm_loss_grad_,
+    apply_decoupled_norm_loss_,
     mean_abs_norm_deviation,
 )
 from lightning_dnn_tricks.nn.selection import WEIGHT_LAYER_TYPES, check_pattern, select_weights
@@ -50,6 +51,14 @@ class NormLoss(TrickCallback):
         include: regular expression on module names; only matching modules are regularised.
         exclude: regular expression on module names to leave out.
         exclude_classifier: leave the final classifier layer out.
+        decoupled: scale the weights directly, by the group's lr, instead of adding the Norm
+            Loss gradient: ``w_i <- w_i (1 - lr 2 c strength (1 - 1/||w_i||))`` after the
+            backward pass and before the optimizer's update (the order of AdamW's decay), the
+            form of the authors' code as ported in Ranger21. Under plain SGD it equals the
+            gradient form; under Adam(W) they differ (Adam rescales the gradient form). The
+            authors use ``reduction="sum"`` and a ``strength`` (their ``factor``) of ``1e-4``,
+            alongside a small weight decay, so no weight-decay warning is given in this mode.
+            Refused with optimizers that evaluate several gradients per step (SGD-G2).
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -88,8 +97,10 @@ class NormLoss(TrickCallback):
         include: str | None = None,
         exclude: str | None = None,
         exclude_classifier: bool = False,
+        decoupled: bool = False,
     ) -> None:
         check_number("strength", strength, low=0.0, low_inclusive=False)
+        check_bool("decoupled", decoupled)
         check_bool("exclude_classifier", exclude_classifier)
         check_choice("reduction", reduction, REDUCTIONS)
         check_pattern("include", include)
@@ -107,6 +118,7 @@ class NormLoss(TrickCallback):
         self.include = include
         self.exclude = exclude
         self.exclude_classifier = exclude_classifier
+        self.decoupled = decoupled
         self._weights: list[nn.Parameter] = []
 
     def select_weights(self, model: nn.Module) -> list[nn.Parameter]:
@@ -127,7 +139,22 @@ class NormLoss(TrickCallback):
                 stacklevel=2,
             )
         self._refuse_overlap(trainer)
-        self._warn_on_weight_decay(trainer)
+        if not self.decoupled:
+            self._warn_on_weight_decay(trainer)  # the decoupled form runs alongside weight decay
+            return
+        closure = [o for o in trainer.optimizers if getattr(o, "spec", None) is not None]
+        closure = [o for o in closure if o.spec.capabilities.needs_closure]  # type: ignore[attr-defined]
+        if closure:
+            self._refuse(
+                "decoupled=True scales the weights before the update, but "
+                f"{type(closure[0]).__name__} evaluates the gradient at several points per step.",
+                "Use the gradient form (decoupled=False) with it.",
+            )
+
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, norms: torch.Tensor) -> None:
+        if self.logging_now(trainer):
+            deviation = mean_abs_norm_deviation(norms)
+            self.log_metrics(trainer, pl_module, {"norm_loss/mean_abs_deviation": deviation})
 
     def _refuse_overlap(self, trainer: pl.Trainer) -> None:
         mine = {id(w) for w in self._weights}
@@ -164,7 +191,10 @@ class NormLoss(TrickCallback):
         weights = self.stepping_tensors(optimizer, self._weights)
         if not weights:
             return
-        norms = add_norm_loss_grad_(weights, self.strength, self.reduction)
-        if self.logging_now(trainer):
-            deviation = mean_abs_norm_deviation(norms)
-            self.log_metrics(trainer, pl_module, {"norm_loss/mean_abs_deviation": deviation})
+        if not self.decoupled:
+            norms = add_norm_loss_grad_(weights, self.strength, self.reduction)
+        else:  # after the backward, before the update: the order of AdamW's decay and Ranger21
+            lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+            lrs = [float(lr_of[id(w)]) for w in weights]
+            norms = apply_decoupled_norm_loss_(weights, lrs, self.strength, self.reduction)
+        self._log(trainer, pl_module, norms)

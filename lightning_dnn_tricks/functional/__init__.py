@@ -13,6 +13,7 @@ from lightning_dnn_tricks.functional.importance_sampling import (
 )
 from lightning_dnn_tricks.functional.norm_loss import (
     add_norm_loss_grad_,
+    apply_decoupled_norm_loss_,
     mean_abs_norm_deviation,
     norm_loss,
     row_norms,
@@ -56,6 +57,7 @@ __all__ = [
     "add_norm_loss_grad_",
     "add_spectral_penalty_grad_",
     "apply_bnsr",
+    "apply_decoupled_norm_loss_",
     "apply_masks_",
     "apply_masks_everywhere_",
     "apply_weight_align",

@@ -158,6 +158,17 @@ def add_norm_loss_grad_(
     for w in weights:
         if w.grad is None:
             w.grad = torch.zeros_like(w)
+    all_norms, coefficients = _coefficients(weights, norms, strength, reduction)
+    grads = [w.grad for w in weights]
+    torch._foreach_addcmul_(grads, [w.detach() for w in weights], coefficients)  # type: ignore[arg-type]
+    return all_norms
+
+
+def _coefficients(
+    weights: Sequence[Tensor], norms: list[Tensor], strength: float, reduction: Reduction
+) -> tuple[Tensor, list[Tensor]]:
+    """All row norms, and per weight ``2 c strength (||w_i|| - 1) / ||w_i||`` shaped to
+    broadcast over its rows (0 for a zero row; 1 times the factor for an overflowing norm)."""
     rows = [n.numel() for n in norms]
     all_norms = torch.cat(norms)
     per_layer = [2.0 * strength / r if reduction == "mean" else 2.0 * strength for r in rows]
@@ -174,8 +185,63 @@ def add_norm_loss_grad_(
         c.to(w.dtype).view(-1, *([1] * (w.dim() - 1)))
         for c, w in zip(coefficient.split(rows), weights, strict=True)
     ]
-    grads = [w.grad for w in weights]
-    torch._foreach_addcmul_(grads, [w.detach() for w in weights], broadcastable)  # type: ignore[arg-type]
+    return all_norms, broadcastable
+
+
+def apply_decoupled_norm_loss_(
+    weights: Sequence[Tensor],
+    lrs: Sequence[float],
+    strength: float,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """The decoupled Norm Loss update, in place: ``w_i <- w_i m_i``.
+
+    ``m_i = 1 - lr 2 c strength (1 - 1/||w_i||)``: the form of the authors' code as ported in
+    Ranger21 [2nd, author-derived], which scales the weights by the learning rate like AdamW's
+    decoupled decay instead of adding ``strength * dL_norm/dw`` to the gradient
+    (:func:`add_norm_loss_grad_`). Call it after the backward pass and before the optimizer's
+    update (where Ranger21 and torch's AdamW apply their decay). ``c`` is ``1``
+    (``reduction="sum"``, the authors' plain sum over rows) or ``1/C_out`` (``"mean"``, our
+    per-layer choice). Under plain SGD (no momentum, no weight decay) it then gives exactly the
+    weights of the gradient form with the same ``strength`` and ``reduction``; under Adam the two
+    differ (Adam rescales the gradient form).
+
+    Args:
+        weights: parameters with one row per output unit.
+        lrs: the learning rate of each weight's param group (``>= 0``; ``0`` leaves it alone).
+        strength: the factor (``>= 0``; the authors' ``factor``, ``1e-4`` by default there).
+        reduction: ``"mean"`` or ``"sum"``.
+
+    Returns:
+        All row norms (float32 or wider) of the weights with entries, measured before the update.
+
+    Raises:
+        TypeError: ``weights`` is not a sequence of tensors.
+        ValueError: ``strength`` or an lr is negative or not finite, ``lrs`` and ``weights``
+            differ in length, ``reduction`` is unknown, a weight has fewer than 2 dimensions.
+
+    Examples:
+        >>> import torch
+        >>> w = torch.tensor([[3.0, 4.0]])                   # norm 5
+        >>> _ = apply_decoupled_norm_loss_([w], [0.1], strength=0.5, reduction="sum")
+        >>> w                                                # (1 - 0.1 * 2 * 0.5 * (1 - 1/5)) w
+        tensor([[2.7600, 3.6800]])
+    """
+    check_number("strength", strength, low=0.0)
+    check_choice("reduction", reduction, REDUCTIONS)
+    _check_weights(weights)
+    if isinstance(lrs, Tensor) or not isinstance(lrs, Sequence) or len(lrs) != len(weights):
+        raise ValueError(f"`lrs` must hold one learning rate per weight ({len(weights)}).")
+    for lr in lrs:
+        check_number("lrs", lr, low=0.0)
+    kept = [(w, lr) for w, lr in zip(weights, lrs, strict=True) if w.numel() > 0]
+    if not kept:
+        return torch.zeros(0)
+    tensors = [w for w, _ in kept]
+    all_norms, coefficients = _coefficients(tensors, _row_norms(tensors), strength, reduction)
+    with torch.no_grad():
+        detached = [w.detach() for w in tensors]
+        torch._foreach_addcmul_(detached, detached, coefficients, [-lr for _, lr in kept])
     return all_norms
 
 

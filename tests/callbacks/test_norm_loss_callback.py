@@ -114,3 +114,70 @@ def test_logs_mean_abs_deviation() -> None:
     trainer.fit(model, tiny_loader())
     value = trainer.callback_metrics["norm_loss/mean_abs_deviation"]
     assert torch.isfinite(value) and value > 0
+
+
+class AdamWNet(TinyConvNet):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=0.05, weight_decay=1e-4)
+
+
+def _weights_after(model: pl.LightningModule, callbacks: list[pl.Callback], steps: int = 3) -> dict:
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_steps=steps, callbacks=callbacks, **QUIET_TRAINER)
+    trainer.fit(model, tiny_loader())
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _authors_factor(weight: torch.Tensor, lr: float, factor: float) -> torch.Tensor:
+    """``1 - lr 2 factor (1 - 1/||w_i||)`` per row (Ranger21's port of the authors' code)."""
+    norms = torch.linalg.vector_norm(weight.double().flatten(1), dim=1)
+    return (1 - lr * 2 * factor * (1 - 1 / norms)).view(-1, *([1] * (weight.dim() - 1)))
+
+
+def test_decoupled_mode_scales_the_weights_before_the_adamw_update() -> None:
+    """One step of the author-derived form: ``w <- w m`` before AdamW's own decay and update,
+    so ``w_after = w_plain + (m - 1)(1 - lr wd) w_0`` (the gradient is the same in both)."""
+    lr, decay, factor = 0.05, 1e-4, 0.3
+    pl.seed_everything(0)
+    initial = {n: p.detach().clone() for n, p in AdamWNet().named_parameters()}
+    pl.seed_everything(0)
+    plain = _weights_after(AdamWNet(), [], steps=1)
+    pl.seed_everything(0)
+    decoupled = _weights_after(
+        AdamWNet(), [NormLoss(strength=factor, reduction="sum", decoupled=True)], steps=1
+    )
+    for name in ("features.0.weight", "head.weight"):
+        w0 = initial[name].double()
+        m = _authors_factor(w0, lr, factor)
+        expected = plain[name].double() + (m - 1) * (1 - lr * decay) * w0
+        torch.testing.assert_close(decoupled[name].double(), expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(decoupled["head.bias"], plain["head.bias"])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_decoupled_and_gradient_forms_coincide_under_plain_sgd(reduction: str) -> None:
+    pl.seed_everything(0)
+    gradient = _weights_after(TinyConvNet(), [NormLoss(strength=0.3, reduction=reduction)])
+    pl.seed_everything(0)
+    decoupled_run = NormLoss(strength=0.3, reduction=reduction, decoupled=True)
+    decoupled = _weights_after(TinyConvNet(), [decoupled_run])
+    for name, value in gradient.items():  # equal up to float32 rounding
+        torch.testing.assert_close(decoupled[name], value, atol=1e-6, rtol=1e-5)
+
+
+def test_decoupled_mode_is_refused_with_a_two_evaluation_optimizer() -> None:
+    from lightning_dnn_tricks import TrickConfigurationError
+    from lightning_dnn_tricks.optim import SGDG2
+
+    class Net(TinyConvNet):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return SGDG2(self.parameters(), lr=0.1)
+
+    with pytest.raises(TrickConfigurationError, match="decoupled=True"):
+        _weights_after(Net(), [NormLoss(decoupled=True)])
+
+
+def test_decoupled_mode_runs_alongside_weight_decay_without_a_warning() -> None:
+    _weights_after(AdamWNet(), [NormLoss(strength=1e-4, reduction="sum", decoupled=True)])
+    with pytest.warns(TrickWarning, match="weight_decay"):
+        _weights_after(AdamWNet(), [NormLoss(strength=1e-4)])
