@@ -330,7 +330,11 @@ def plot(table: Table, speed_rows: list[list[Any]] | None, path: Path, args: Any
     if speed_rows:
         right = axes[1]
         heights = [row[1] for row in speed_rows]
-        right.bar([row[0] for row in speed_rows], heights, color=["0.6", "tab:blue", "tab:orange"])
+        right.bar(
+            [row[0] for row in speed_rows],
+            heights,
+            color=["0.6", "tab:blue", "tab:cyan", "tab:orange"],
+        )
         for index, row in enumerate(speed_rows):
             right.annotate(f"x{row[2]:.3f}", (index, row[1]), ha="center", va="bottom", fontsize=8)
         right.set_ylabel("median CPU ms per training step (x: ratio to plain)")

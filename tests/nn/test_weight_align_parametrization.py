@@ -246,3 +246,22 @@ def test_huge_integers_name_the_argument(argument: str) -> None:
 def test_is_weight_aligned_refuses_a_non_module() -> None:
     with pytest.raises(TypeError, match="`module`"):
         is_weight_aligned("conv")  # type: ignore[arg-type]
+
+
+def test_default_gain_is_timms_scaled_std_conv2d_in_float32() -> None:
+    """The identity the card states: WeightAlign at gain sqrt(2) computes the weight of
+    ``ScaledStdConv2d(gamma=sqrt(2))`` with its gain at 1 (both without eps)."""
+    from lightning_dnn_tricks.functional import apply_weight_align
+
+    generator = torch.Generator().manual_seed(0)
+    scaled = ScaledStdConv2d(4, 6, 3, padding=1, bias=True, gamma=math.sqrt(2), eps=1e-12)
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(6, 4, 3, 3, generator=generator))
+        conv.bias.copy_(torch.randn(6, generator=generator))
+        scaled.weight.copy_(conv.weight)
+        scaled.bias.copy_(conv.bias)
+    model = nn.Sequential(conv)
+    apply_weight_align(model, eps=0.0)
+    x = torch.randn(2, 4, 7, 7, generator=generator)
+    torch.testing.assert_close(model(x), scaled(x), rtol=1e-5, atol=1e-5)
