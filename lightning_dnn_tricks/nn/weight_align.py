@@ -52,8 +52,8 @@ def align_weight(weight: Tensor, gain: Tensor, eps: float = DEFAULT_EPS) -> Tens
         dL/dgain_i = (g_i . c_i) / d_i
 
     with ``g_i . c_i = g_i . W_i - mu_i sum(g_i)``: four passes over the weight forward and
-    backward, where autograd needs a dozen. WeightAlign then costs less per step than timm's
-    ``StdConv2d`` (``F.batch_norm`` over the weight).
+    backward, where autograd needs a dozen. WeightAlign then costs about as much per step as
+    timm's ``StdConv2d`` (``F.batch_norm`` over the weight): 1.00x to 1.05x in our runs.
 
     A row whose spread is at the rounding level of its mean (a zero or constant filter:
     ``||c_i|| <= 4 log2(N) sqrt(N) |mu_i|`` times the machine epsilon of the computation) gives a
