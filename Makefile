@@ -29,6 +29,7 @@ typecheck: install
 
 unit: install
 	$(PY) -m pytest
+	$(PY) -m pytest --doctest-modules lightning_dnn_tricks
 
 docs: install
 	$(VENV)/bin/mkdocs build --strict --site-dir site

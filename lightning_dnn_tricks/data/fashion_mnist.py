@@ -134,10 +134,14 @@ class FashionMNISTDataModule(InMemoryDataModule):
         FileNotFoundError: at ``setup``, an IDX file is missing (the message says how to get it).
 
     Examples:
-        >>> dm = FashionMNISTDataModule(batch_size=64, image_size=32, channels=3)  # doctest: +SKIP
-        >>> x, y = next(iter(dm.train_dataloader()))  # doctest: +SKIP
-        >>> tuple(x.shape)  # doctest: +SKIP
-        (64, 3, 32, 32)
+        >>> dm = FashionMNISTDataModule(batch_size=64, image_size=32, channels=3)
+        >>> dm.input_shape          # known before the files are read (at setup)
+        (3, 32, 32)
+        >>> FashionMNISTDataModule(as_sequence=True).input_shape   # 28 steps of 28 pixels
+        (28, 28)
+
+        ``x, y = next(iter(dm.train_dataloader()))`` then gives ``x`` of shape
+        ``(64, 3, 32, 32)``.
     """
 
     num_classes = 10
