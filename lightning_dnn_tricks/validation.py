@@ -61,7 +61,8 @@ def check_text(name: str, value: Any, optional: bool = True) -> None:
 
 
 def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``, of the same type (``True`` is
+    not ``1``; a tensor, whose ``==`` is elementwise, matches nothing)."""
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
         allowed = ", ".join(repr(choice) for choice in choices)
         raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")

@@ -158,15 +158,31 @@ class TrickCallback(Callback):
         ownership is cached until the optimizer's param groups change (``BackboneFinetuning``
         adds groups while training); frozen tensors are left out at every call.
         """
-        cache: dict[tuple[int, int, int], list[torch.Tensor]]
+        return [t for t, _ in self._owned(optimizer, tensors) if t.requires_grad]
+
+    def stepping_lrs(
+        self, optimizer: torch.optim.Optimizer, tensors: Sequence[torch.Tensor]
+    ) -> list[float]:
+        """The current ``lr`` of each tensor of :meth:`stepping_tensors`, in the same order."""
+        groups = optimizer.param_groups
+        return [
+            float(groups[i]["lr"]) for t, i in self._owned(optimizer, tensors) if t.requires_grad
+        ]
+
+    def _owned(
+        self, optimizer: torch.optim.Optimizer, tensors: Sequence[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, int]]:
+        """``(tensor, param group index)`` of those of ``tensors`` that ``optimizer`` holds,
+        cached until its param groups change."""
+        cache: dict[tuple[int, int, int], list[tuple[torch.Tensor, int]]]
         cache = self.__dict__.setdefault("_stepping_cache", {})
         size = sum(len(group["params"]) for group in optimizer.param_groups)
         key = (id(optimizer), id(tensors), size)
         owned = cache.get(key)
         if owned is None:
-            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
-            owned = cache[key] = [t for t in tensors if id(t) in ids]
-        return [t for t in owned if t.requires_grad]
+            index = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+            owned = cache[key] = [(t, index[id(t)]) for t in tensors if id(t) in index]
+        return owned
 
     @staticmethod
     def logging_now(trainer: pl.Trainer) -> bool:

@@ -194,7 +194,6 @@ class NormLoss(TrickCallback):
         if not self.decoupled:
             norms = add_norm_loss_grad_(weights, self.strength, self.reduction)
         else:  # after the backward, before the update: the order of AdamW's decay and Ranger21
-            lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-            lrs = [float(lr_of[id(w)]) for w in weights]
+            lrs = self.stepping_lrs(optimizer, self._weights)
             norms = apply_decoupled_norm_loss_(weights, lrs, self.strength, self.reduction)
         self._log(trainer, pl_module, norms)

@@ -18,7 +18,6 @@ from torch.utils.hooks import RemovableHandle
 from lightning_dnn_tricks.validation import (
     TrickConfigurationError,
     check_bool,
-    check_choice,
     check_number,
 )
 
@@ -107,14 +106,6 @@ def _preserved_buffers(module: nn.Module) -> Iterator[None]:
 
 def check_positive(name: str, value: Any) -> None:
     check_number(name, value, low=0.0, low_inclusive=False)
-
-
-def check_option(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """``check_choice`` for string options, safe for values whose ``==`` is odd (tensors)."""
-    if not isinstance(value, str):
-        allowed = ", ".join(repr(choice) for choice in choices)
-        raise ValueError(f"`{name}` must be one of {allowed} (a string), got {value!r}.")
-    check_choice(name, value, choices)
 
 
 def checked_params(params: Any) -> list[Any]:

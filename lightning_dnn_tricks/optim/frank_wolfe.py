@@ -12,13 +12,12 @@ from torch.optim import Optimizer
 
 from lightning_dnn_tricks.optim._common import (
     check_like_defaults,
-    check_option,
     check_positive,
     checked_params,
     refuse_sparse,
 )
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import check_number
+from lightning_dnn_tricks.validation import check_choice, check_number
 
 Trajectory = Literal["official", "textbook"]
 TRAJECTORIES: tuple[Trajectory, ...] = ("official", "textbook")
@@ -187,7 +186,7 @@ class FrankWolfe(Optimizer):
         check_number("inner_steps", group["inner_steps"], low=1, integer=True)
         if group["radius"] is not None:
             check_positive("radius", group["radius"])
-        check_option("trajectory", group["trajectory"], TRAJECTORIES)
+        check_choice("trajectory", group["trajectory"], TRAJECTORIES)
         check_positive("tiny", group["tiny"])
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -17,7 +17,6 @@ from lightning_dnn_tricks.optim._common import (
     ProbeHooks,
     RNGState,
     check_closure,
-    check_option,
     check_positive,
     checked_params,
     inner_products,
@@ -25,7 +24,7 @@ from lightning_dnn_tricks.optim._common import (
     refuse_sparse,
 )
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
-from lightning_dnn_tricks.validation import TrickWarning, check_number
+from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_number
 
 Mode = Literal["g2", "srk2"]
 MODES: tuple[Mode, ...] = ("g2", "srk2")
@@ -217,7 +216,7 @@ class SGDG2(Optimizer):
         if group["h_max"] is not None:
             check_positive("h_max", group["h_max"])
         check_number("weight_decay", group["weight_decay"], low=0.0)
-        check_option("mode", group["mode"], MODES)
+        check_choice("mode", group["mode"], MODES)
         check_positive("tiny", group["tiny"])
         h_max = 10.0 * group["lr"] if group["h_max"] is None else group["h_max"]
         if not group["h_min"] <= group["lr"] <= h_max:
