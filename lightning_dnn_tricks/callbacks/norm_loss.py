@@ -58,7 +58,8 @@ class NormLoss(TrickCallback):
             gradient form; under Adam(W) they differ (Adam rescales the gradient form). The
             authors use ``reduction="sum"`` and a ``strength`` (their ``factor``) of ``1e-4``,
             alongside a small weight decay, so no weight-decay warning is given in this mode.
-            Refused with optimizers that evaluate several gradients per step (SGD-G2).
+            Refused with optimizers that evaluate several gradients per step (SGD-G2), and
+            with ``precision="16-mixed"`` (its gradient scaler may skip a step).
 
     Raises:
         ValueError: an argument is out of range (the message names it).
@@ -139,9 +140,21 @@ class NormLoss(TrickCallback):
                 stacklevel=2,
             )
         self._refuse_overlap(trainer)
-        if not self.decoupled:
+        if self.decoupled:
+            self.check_decoupled(trainer)
+        else:
             self._warn_on_weight_decay(trainer)  # the decoupled form runs alongside weight decay
-            return
+
+    def check_decoupled(self, trainer: pl.Trainer) -> None:
+        """Refuse what ``decoupled=True`` cannot follow: a gradient scaler that may skip the
+        update (``16-mixed``) and optimizers that evaluate several gradients per step."""
+        if str(trainer.precision) == "16-mixed":
+            self._refuse(
+                "decoupled=True scales the weights before the update, but with precision="
+                "'16-mixed' the gradient scaler skips the update of a step whose gradients "
+                "overflowed, and the weights would have been scaled anyway.",
+                "Use precision='bf16-mixed' or '32-true', or the gradient form (decoupled=False).",
+            )
         closure = [o for o in trainer.optimizers if getattr(o, "spec", None) is not None]
         closure = [o for o in closure if o.spec.capabilities.needs_closure]  # type: ignore[attr-defined]
         if closure:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -175,6 +177,15 @@ def test_decoupled_mode_is_refused_with_a_two_evaluation_optimizer() -> None:
 
     with pytest.raises(TrickConfigurationError, match="decoupled=True"):
         _weights_after(Net(), [NormLoss(decoupled=True)])
+
+
+def test_decoupled_mode_is_refused_under_16_mixed_precision() -> None:
+    from lightning_dnn_tricks import TrickConfigurationError
+
+    # On CPU Lightning turns 16-mixed into bf16-mixed, so the check is called with its settings.
+    trainer = SimpleNamespace(precision="16-mixed", optimizers=[])
+    with pytest.raises(TrickConfigurationError, match="16-mixed"):
+        NormLoss(decoupled=True).check_decoupled(trainer)  # type: ignore[arg-type]
 
 
 def test_decoupled_mode_runs_alongside_weight_decay_without_a_warning() -> None:
