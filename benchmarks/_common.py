@@ -100,10 +100,12 @@ def write_results(
     rows: Sequence[Sequence[Any]],
     notes: str,
     quick: bool = False,
+    verdicts: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write ``benchmarks/results/NAME.json`` in the format the docs render; return its path.
 
-    A ``quick`` (smoke) run writes to ``benchmarks/results/quick/`` instead.
+    ``verdicts`` are the claims' verdicts (``_protocol.verdict_record``), shown first on the
+    method card. A ``quick`` (smoke) run writes to ``benchmarks/results/quick/`` instead.
     """
     for row in rows:
         if len(row) != len(columns):
@@ -117,6 +119,7 @@ def write_results(
         "columns": list(columns),
         "rows": [list(row) for row in rows],
         "notes": notes,
+        "verdicts": list(verdicts),
     }
     path = results_dir(quick) / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
@@ -227,11 +230,11 @@ def run_parallel(
             on_result(future.result())
 
 
-def trainer_kwargs() -> dict[str, Any]:
-    """The Trainer settings every benchmark shares: CPU, no logger, checkpoints or progress bar."""
+def trainer_kwargs(accelerator: str = "cpu", devices: int = 1) -> dict[str, Any]:
+    """The Trainer settings every benchmark shares: no logger, checkpoints or progress bar."""
     return {
-        "accelerator": "cpu",
-        "devices": 1,
+        "accelerator": accelerator,
+        "devices": devices,
         "logger": False,
         "enable_checkpointing": False,
         "enable_progress_bar": False,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -109,3 +109,53 @@ def compare(
         arm, baseline, claim, seeds, arm_mean, arm_std, base_mean, base_std,
         mean, low, high, margin, verdict,
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the shared run setup
+#: What the claims' verdict list looks like in the results JSON (``verdicts``): one entry per claim.
+def verdict_record(claim: str, comparison: Comparison, *, metric: str) -> dict[str, Any]:
+    """One claim's verdict for the results JSON: the claim in words, the metric, the comparison."""
+    return {"claim": claim, "metric": metric, **comparison.as_dict()}
+
+
+def add_protocol_arguments(parser: Any, *, seeds: Sequence[int] = (0, 1, 2)) -> None:
+    """The options every Fashion-MNIST claim script shares.
+
+    ``--seeds`` (at least 3 outside ``--quick``), ``--full`` (the GPU-scale run: the whole
+    training set and the script's longer budget), ``--accelerator``/``--devices`` (recorded in
+    the JSON) and ``--data-dir`` (else ``$LDT_FASHION_MNIST_DIR`` or Debian's folder).
+    """
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument(
+        "--full", action="store_true", help="GPU scale: all 55,000 training images, longer budget"
+    )
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu)")
+    parser.add_argument("--devices", type=int, default=1, help="devices per run")
+    parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST IDX files")
+
+
+def check_protocol_arguments(args: Any) -> None:
+    """Refuse fewer than 3 seeds outside ``--quick``; stop with how to get the data if missing."""
+    if not getattr(args, "quick", False) and len(set(args.seeds)) < MIN_SEEDS:
+        raise SystemExit(f"a claim needs at least {MIN_SEEDS} seeds (--seeds), got {args.seeds}.")
+    require_fashion_mnist(args.data_dir)
+
+
+def require_fashion_mnist(data_dir: str | None = None) -> None:
+    """Stop the script with the data module's own message when the IDX files are missing."""
+    from lightning_dnn_tricks.data.fashion_mnist import find_files
+
+    try:
+        find_files(data_dir)
+    except FileNotFoundError as error:
+        raise SystemExit(f"{error}\n(`make fashion-mnist` checks again.)") from None
+
+
+def device_settings(args: Any) -> dict[str, Any]:
+    """The accelerator, device count and device name, for the results JSON."""
+    import torch
+
+    name = "CPU"
+    if args.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    return {"accelerator": args.accelerator, "devices": args.devices, "device": name}

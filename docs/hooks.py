@@ -11,6 +11,9 @@ admonitions and tabs):
 ``<!-- ldt:results NAME -->``
     the table in ``benchmarks/results/NAME.json``, or a "Not measured yet" warning naming the
     command that produces it.
+``<!-- ldt:verdicts NAME -->``
+    the claims' verdicts stored in ``benchmarks/results/NAME.json`` (``verdicts``), as an
+    admonition that a method card puts first; a note naming the command when there are none.
 ``<!-- ldt:figure NAME -->``
     the plot ``docs/assets/results/NAME.png`` when it exists, a one-line note otherwise.
 ``<!-- ldt:recipes -->``
@@ -79,7 +82,7 @@ MARKER_KINDS = (
     "parameters",
     "api-modules",
 )
-_NEEDS_ARGUMENT = {"results", "figure", "parameters", "api-modules"}
+_NEEDS_ARGUMENT = {"results", "verdicts", "figure", "parameters", "api-modules"}
 _MARKER = re.compile(
     r"^(?P<indent>[ \t]*)<!--\s*ldt:(?P<kind>[A-Za-z-]+)(?:\s+(?P<arg>[A-Za-z0-9_.:-]+))?\s*-->"
     r"[ \t]*$"
@@ -340,6 +343,51 @@ def render_results(name: str, repo_root: Path) -> str:
     return "\n\n".join(parts)
 
 
+def render_verdicts(name: str, repo_root: Path) -> str:
+    """The verdicts of ``benchmarks/results/NAME.json`` as one admonition, or a note."""
+    if not _NAME.match(name):
+        raise ValueError(f"Invalid results name {name!r}: use letters, digits, '_', '-', '.'.")
+    path = repo_root / RESULTS_DIR / f"{name}.json"
+    verdicts = load_results(path).get("verdicts") if path.is_file() else None
+    if not verdicts:
+        command = producing_command(name, repo_root)
+        return admonition(
+            "warning",
+            "No verdict yet",
+            f"{inline_code(f'{RESULTS_DIR}/{name}.json')} holds no verdict: run "
+            f"{inline_code(command)} on Fashion-MNIST, then rebuild the docs.",
+        )
+    if not isinstance(verdicts, list) or not all(isinstance(v, dict) for v in verdicts):
+        raise ValueError(f"{path}: 'verdicts' must be a list of objects.")
+    rows = []
+    for verdict in verdicts:
+        try:
+            seeds = len(verdict["seeds"])
+            rows.append([
+                f"**{verdict['verdict']}**", escape_cell(verdict["claim"]),
+                escape_cell(verdict["metric"]),
+                f"{format_number(verdict['arm_mean'])} ± {format_number(verdict['arm_std'])}",
+                f"{format_number(verdict['baseline_mean'])} ± "
+                f"{format_number(verdict['baseline_std'])} ({escape_cell(verdict['baseline'])})",
+                f"{verdict['difference']:+.4f} [{verdict['low']:+.4f}, {verdict['high']:+.4f}]",
+                str(seeds),
+            ])  # fmt: skip
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{path}: malformed verdict {verdict!r} ({error}).") from None
+    columns = ["verdict", "claim", "metric", "trick", "baseline", "paired Δ [95% CI]", "seeds"]
+    found = {verdict["verdict"] for verdict in verdicts}
+    kind = "success" if found == {"supported"} else "info"
+    table = markdown_table(columns, rows, [False] * 5 + [True, True])
+    data = load_results(path)
+    provenance = (
+        f"Measured by {inline_code(data['command'])}, {format_created(data['created'])}; "
+        "the interval is the 95% Student-t interval of the per-seed difference, and a verdict is "
+        "*supported* when it lies wholly on the claim's side, *not supported* when wholly on the "
+        "other, *inconclusive* otherwise."
+    )
+    return admonition(kind, "Verdict on Fashion-MNIST", f"{table}\n\n{provenance}")
+
+
 def render_figure(name: str, docs_dir: Path, page_dir: str = "") -> str:
     """Image markdown for ``docs/assets/results/NAME.png`` relative to the page, or a note."""
     if not _NAME.match(name):
@@ -564,6 +612,8 @@ def render_marker(
     assert argument is not None  # checked by expand_markers
     if kind == "results":
         return render_results(argument, repo_root)
+    if kind == "verdicts":
+        return render_verdicts(argument, repo_root)
     if kind == "figure":
         return render_figure(argument, docs_dir, page_dir)
     if kind == "parameters":
