@@ -42,7 +42,7 @@ test: lint typecheck unit docs
 fashion-mnist: install
 	$(PY) -c "import sys; from lightning_dnn_tricks.data.fashion_mnist import main; sys.exit(main())"
 
-bench: install
+bench: fashion-mnist  # stops with what to install when the data is missing
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/norm_loss_claim.py
 	$(PY) benchmarks/weight_align_claim.py

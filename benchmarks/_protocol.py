@@ -112,10 +112,12 @@ def compare(
 
 
 # --------------------------------------------------------------------------- the shared run setup
-#: What the claims' verdict list looks like in the results JSON (``verdicts``): one entry per claim.
 def verdict_record(claim: str, comparison: Comparison, *, metric: str) -> dict[str, Any]:
-    """One claim's verdict for the results JSON: the claim in words, the metric, the comparison."""
-    return {"claim": claim, "metric": metric, **comparison.as_dict()}
+    """One claim's verdict for the results JSON (``verdicts``): the claim in words, the metric and
+    the comparison, whose kind (``better``/``not_worse``) is stored as ``claim_kind``."""
+    record = comparison.as_dict()
+    record["claim_kind"] = record.pop("claim")  # "better" / "not_worse"
+    return {"claim": claim, "metric": metric, **record}
 
 
 def add_protocol_arguments(parser: Any, *, seeds: Sequence[int] = (0, 1, 2)) -> None:

@@ -11,6 +11,9 @@ admonitions and tabs):
 ``<!-- ldt:results NAME -->``
     the table in ``benchmarks/results/NAME.json``, or a "Not measured yet" warning naming the
     command that produces it.
+``<!-- ldt:overhead TRICK -->``
+    the rows of ``benchmarks/results/overhead.json`` whose trick name contains ``TRICK`` (a
+    method card shows its own cost, not the whole table).
 ``<!-- ldt:verdicts NAME -->``
     the claims' verdicts stored in ``benchmarks/results/NAME.json`` (``verdicts``), as an
     admonition that a method card puts first; a note naming the command when there are none.
@@ -82,7 +85,7 @@ MARKER_KINDS = (
     "parameters",
     "api-modules",
 )
-_NEEDS_ARGUMENT = {"results", "verdicts", "figure", "parameters", "api-modules"}
+_NEEDS_ARGUMENT = {"results", "overhead", "verdicts", "figure", "parameters", "api-modules"}
 _MARKER = re.compile(
     r"^(?P<indent>[ \t]*)<!--\s*ldt:(?P<kind>[A-Za-z-]+)(?:\s+(?P<arg>[A-Za-z0-9_.:-]+))?\s*-->"
     r"[ \t]*$"
@@ -303,8 +306,14 @@ def producing_command(name: str, repo_root: Path) -> str:
     return "make bench"
 
 
-def render_results(name: str, repo_root: Path) -> str:
-    """The table of ``benchmarks/results/NAME.json`` with its provenance, or a warning."""
+def render_results(
+    name: str, repo_root: Path, keep: Callable[[Mapping[str, Any]], bool] | None = None
+) -> str:
+    """The table of ``benchmarks/results/NAME.json`` with its provenance, or a warning.
+
+    ``keep`` (a row as ``{column: cell}`` in, keep or not out) selects the rows shown; selecting
+    none is an error naming the file.
+    """
     if not _NAME.match(name):
         raise ValueError(f"Invalid results name {name!r}: use letters, digits, '_', '-', '.'.")
     path = repo_root / RESULTS_DIR / f"{name}.json"
@@ -319,6 +328,10 @@ def render_results(name: str, repo_root: Path) -> str:
         )
     data = load_results(path)
     rows: list[list[Any]] = data["rows"]
+    if keep is not None:
+        rows = [row for row in rows if keep(dict(zip(data["columns"], row, strict=True)))]
+        if not rows:
+            raise ValueError(f"{path}: no row matches the marker's selection.")
     right_align = [
         all(_is_numeric(row[i]) or row[i] is None for row in rows)
         and any(_is_numeric(row[i]) for row in rows)
@@ -614,6 +627,10 @@ def render_marker(
         return render_results(argument, repo_root)
     if kind == "verdicts":
         return render_verdicts(argument, repo_root)
+    if kind == "overhead":
+        return render_results(
+            "overhead", repo_root, keep=lambda row: argument in str(row.get("trick", ""))
+        )
     if kind == "figure":
         return render_figure(argument, docs_dir, page_dir)
     if kind == "parameters":

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _protocol import compare
+from _protocol import (
+    add_protocol_arguments,
+    check_protocol_arguments,
+    compare,
+    device_settings,
+    verdict_record,
+)
 
 BASE = {0: 0.88, 1: 0.90, 2: 0.90}
 
@@ -42,3 +50,33 @@ def test_only_seeds_run_by_both_arms_count_and_three_are_needed() -> None:
         compare("a", {0: 1.0, 1: math.nan, 2: 1.0}, "b", BASE)
     with pytest.raises(ValueError, match="claim"):
         compare("a", BASE, "b", BASE, claim="maybe")  # type: ignore[arg-type]
+
+
+def test_verdict_record_keeps_the_claim_in_words() -> None:
+    comparison = compare("trick", {0: 0.90, 1: 0.92, 2: 0.91}, "baseline", BASE, claim="not_worse")
+    record = verdict_record("the trick is not worse", comparison, metric="test accuracy")
+    assert record["claim"] == "the trick is not worse" and record["claim_kind"] == "not_worse"
+    assert record["verdict"] == comparison.verdict and record["seeds"] == [0, 1, 2]
+
+
+def test_fewer_than_three_seeds_are_refused_outside_quick(tmp_path: Path) -> None:
+    args = SimpleNamespace(seeds=[0, 1], quick=False, data_dir=str(tmp_path))
+    with pytest.raises(SystemExit, match="at least 3 seeds"):
+        check_protocol_arguments(args)
+
+
+def test_missing_data_stops_with_both_ways_to_get_it(tmp_path: Path) -> None:
+    args = SimpleNamespace(seeds=[0, 1, 2], quick=False, data_dir=str(tmp_path))
+    with pytest.raises(SystemExit) as stop:
+        check_protocol_arguments(args)
+    message = str(stop.value)
+    assert "apt-get install" in message and "dataset-fashion-mnist" in message
+    assert "torchvision" in message and "make fashion-mnist" in message
+
+
+def test_protocol_arguments_and_device_record() -> None:
+    parser = argparse.ArgumentParser()
+    add_protocol_arguments(parser)
+    args = parser.parse_args(["--seeds", "3", "4", "5", "--accelerator", "cpu"])
+    assert args.seeds == [3, 4, 5] and not args.full and args.devices == 1
+    assert device_settings(args) == {"accelerator": "cpu", "devices": 1, "device": "CPU"}

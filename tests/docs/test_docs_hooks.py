@@ -165,6 +165,77 @@ def test_missing_results_give_a_warning_and_no_numbers(tmp_path: Path) -> None:
     )
 
 
+def _verdict(verdict: str = "supported", **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "claim": "Norm Loss is competitive with weight decay",
+        "metric": "test accuracy",
+        "arm": "norm_loss",
+        "baseline": "weight decay",
+        "claim_kind": "not_worse",
+        "seeds": [0, 1, 2],
+        "arm_mean": 0.9012,
+        "arm_std": 0.0021,
+        "baseline_mean": 0.8995,
+        "baseline_std": 0.0034,
+        "difference": 0.0017,
+        "low": -0.0031,
+        "high": 0.0065,
+        "margin": 0.01,
+        "verdict": verdict,
+    }
+    data.update(overrides)
+    return data
+
+
+def test_verdicts_lead_with_an_admonition(tmp_path: Path) -> None:
+    _write_result(tmp_path, "toy_claim", _result(verdicts=[_verdict()]))
+    out = hooks.render_verdicts("toy_claim", tmp_path)
+    assert out.startswith('!!! success "Verdict on Fashion-MNIST"')
+    assert "| **supported** | Norm Loss is competitive with weight decay | test accuracy |" in out
+    assert (
+        "0.9012 ± 0.0021 | 0.8995 ± 0.0034 (weight decay) | +0.0017 [-0.0031, +0.0065] | 3 |" in out
+    )
+    assert "`python benchmarks/toy_claim.py --seeds 3`" in out
+    mixed = [_verdict(), _verdict("inconclusive", claim="second")]
+    _write_result(tmp_path, "toy_claim", _result(verdicts=mixed))
+    out = hooks.render_verdicts("toy_claim", tmp_path)
+    assert out.startswith('!!! info "Verdict on Fashion-MNIST"') and "**inconclusive**" in out
+
+
+def test_no_verdict_gives_a_warning_naming_the_command(tmp_path: Path) -> None:
+    assert "No verdict yet" in hooks.render_verdicts("toy_claim", tmp_path)
+    _write_result(tmp_path, "toy_claim", _result())  # an old file, written before verdicts
+    out = hooks.render_verdicts("toy_claim", tmp_path)
+    assert out.startswith('!!! warning "No verdict yet"') and "|" not in out
+
+
+@pytest.mark.parametrize("verdicts", [[{"claim": "no numbers"}], ["text"], {"a": 1}])
+def test_malformed_verdicts_fail_loudly(tmp_path: Path, verdicts: Any) -> None:
+    path = _write_result(tmp_path, "toy_claim", _result(verdicts=verdicts))
+    with pytest.raises(ValueError, match="verdict") as error:
+        hooks.render_verdicts("toy_claim", tmp_path)
+    assert str(path) in str(error.value)
+
+
+def test_overhead_marker_shows_only_the_tricks_rows(tmp_path: Path) -> None:
+    overhead = _result(
+        columns=["trick", "ratio"],
+        rows=[["norm_loss", 1.03], ["bnsr", 1.34], ["bnsr (compiled)", 1.21]],
+    )
+    _write_result(tmp_path, "overhead", overhead)
+
+    def render(argument: str) -> str:
+        return hooks.render_marker(
+            "overhead", argument, repo_root=tmp_path, docs_dir=tmp_path, page_dir=""
+        )
+
+    out = render("bnsr")
+    assert "| bnsr | 1.34 |" in out and "| bnsr (compiled) | 1.21 |" in out
+    assert "norm_loss" not in out
+    with pytest.raises(ValueError, match="no row matches"):
+        render("frank_wolfe")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
