@@ -80,6 +80,8 @@ MARKER_KINDS = (
     "compatibility-matrix",
     "composition-matrix",
     "results",
+    "overhead",
+    "verdicts",
     "figure",
     "recipes",
     "parameters",

@@ -189,7 +189,12 @@ def _verdict(verdict: str = "supported", **overrides: Any) -> dict[str, Any]:
 
 def test_verdicts_lead_with_an_admonition(tmp_path: Path) -> None:
     _write_result(tmp_path, "toy_claim", _result(verdicts=[_verdict()]))
-    out = hooks.render_verdicts("toy_claim", tmp_path)
+    out = hooks.expand_markers(
+        "<!-- ldt:verdicts toy_claim -->",
+        lambda kind, arg: hooks.render_marker(
+            kind, arg, repo_root=tmp_path, docs_dir=tmp_path, page_dir=""
+        ),
+    ).strip()
     assert out.startswith('!!! success "Verdict on Fashion-MNIST"')
     assert "| **supported** | Norm Loss is competitive with weight decay | test accuracy |" in out
     assert (
@@ -225,8 +230,12 @@ def test_overhead_marker_shows_only_the_tricks_rows(tmp_path: Path) -> None:
     _write_result(tmp_path, "overhead", overhead)
 
     def render(argument: str) -> str:
-        return hooks.render_marker(
-            "overhead", argument, repo_root=tmp_path, docs_dir=tmp_path, page_dir=""
+        page = f"<!-- ldt:overhead {argument} -->"
+        return hooks.expand_markers(
+            page,
+            lambda kind, arg: hooks.render_marker(
+                kind, arg, repo_root=tmp_path, docs_dir=tmp_path, page_dir=""
+            ),
         )
 
     out = render("bnsr")
