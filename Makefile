@@ -46,6 +46,7 @@ bench: fashion-mnist  # stops with what to install when the data is missing
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/norm_loss_claim.py
 	$(PY) benchmarks/weight_align_claim.py
+	$(PY) benchmarks/weight_align_speed.py
 	$(PY) benchmarks/sgdg2_claim.py
 	$(PY) benchmarks/frank_wolfe_claim.py
 	$(PY) benchmarks/bnsr_claim.py
