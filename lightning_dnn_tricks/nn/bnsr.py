@@ -310,7 +310,7 @@ class BNSR1d(_BNSRMixin, nn.BatchNorm1d):
         torch.Size([32, 4])
 
     Note:
-        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8). A float16 or
+        The warp is our reconstruction of the paper's nonlinearity (method card). A float16 or
         bfloat16 model is normalised in float32 (half precision overflows in the skewness and the
         warp). An empty batch gives an empty output, like BatchNorm: the running statistics are
         kept and ``num_batches_tracked`` is counted, as BatchNorm counts it.
@@ -342,7 +342,7 @@ class BNSR2d(_BNSRMixin, nn.BatchNorm2d):
         (True, torch.Size([4, 8, 5, 5]))
 
     Note:
-        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8).
+        The warp is our reconstruction of the paper's nonlinearity (method card).
     """
 
     replaces = nn.BatchNorm2d
@@ -371,7 +371,7 @@ class BNSRAct2d(_BNSRMixin, BatchNormAct2d):
         'SiLU'
 
     Note:
-        The warp is our reconstruction of the paper's nonlinearity (METHODS.md §8).
+        The warp is our reconstruction of the paper's nonlinearity (method card).
     """
 
     replaces = BatchNormAct2d

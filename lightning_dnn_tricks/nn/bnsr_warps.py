@@ -1,7 +1,7 @@
 """BNSR's pluggable warps and their maths: per-channel monotone maps of standardised values.
 
 Our reconstruction of the nonlinearity of BNSR (Ding et al., ICPR 2020; the paper's body was not
-available, METHODS.md §8). Per channel ``c``, over the batch (and spatial) axes::
+available; see its method card). Per channel ``c``, over the batch (and spatial) axes::
 
     x_hat = (x - mean) / sqrt(var + eps)                     # BatchNorm's standardisation
     s     = mean(x_hat^3)                                    # batch skewness

@@ -182,7 +182,7 @@ class WeightAlignParametrization(nn.Module):
 
     Note:
         The default gain ``sqrt(2)`` and ``eps = 1e-5`` (added to ``sqrt(N) sigma``, not to the
-        variance) are our reconstruction (METHODS.md §7): the paper's structure, our constants.
+        variance) are our reconstruction (method card): the paper's structure, our constants.
     """
 
     def __init__(

@@ -59,7 +59,7 @@ class FrankWolfe(Optimizer):
     r"""FW-RNN (Yue et al., ICPR 2020): Frank-Wolfe steps in a ball around the weights, restarted.
 
     Per parameter tensor ``p`` with inner length ``K = inner_steps`` and radius ``eps``
-    (METHODS.md §1, from the authors' code):
+    (from the authors' code; see the FW-RNN method card):
 
     .. code-block:: text
 
