@@ -81,7 +81,7 @@ class BNSR(SurgeryCallback):
     Note:
         The paper's body was not available: the warp (Yeo-Johnson with a skewness-driven exponent),
         ``alpha = 1``, the clipping of ``lam``, the Newton mode and the running average of ``lam``
-        are our reconstruction (method card). Statistics are computed in float32 under
+        are our reconstruction (see its method card). Statistics are computed in float32 under
         ``bf16-mixed``.
     """
 

@@ -81,7 +81,7 @@ class WeightAlign(SurgeryCallback):
 
     Note:
         The default gain ``sqrt(2)`` and ``eps = 1e-5`` (added to ``sqrt(N) sigma``) are our
-        reconstruction of the paper's constants (method card). Export a trained model with
+        reconstruction of the paper's constants (see its method card). Export a trained model with
         :func:`~lightning_dnn_tricks.functional.fold_weight_align` (plain convs, same outputs).
     """
 

@@ -1,9 +1,9 @@
 """BNSR (Ding et al., ICPR 2020) as model surgery: :func:`apply_bnsr` and :func:`remove_bnsr`.
 
-BNSR is batch normalisation with skewness reduction (our reconstruction; the paper's body was not
-available; method card): per channel, BatchNorm's standardisation ``x_hat``, a Yeo-Johnson warp
-``y = YJ(x_hat; lam)`` with ``lam = 1 - alpha * tanh(mean(x_hat^3))``, then BatchNorm's
-re-standardisation and affine map.
+BNSR is batch normalisation with skewness reduction (our reconstruction, as its method card says:
+the paper's body was not available): per channel, BatchNorm's standardisation ``x_hat``, a
+Yeo-Johnson warp ``y = YJ(x_hat; lam)`` with ``lam = 1 - alpha * tanh(mean(x_hat^3))``, then
+BatchNorm's re-standardisation and affine map.
 
 The layers are in :mod:`lightning_dnn_tricks.nn.bnsr`; the warp maths as plain tensor functions
 (:func:`yeo_johnson`, :func:`skewness_warp`, :func:`newton_exponent`, ...) are in
@@ -119,7 +119,7 @@ def apply_bnsr(
         bnsr: changed 0 layers; 20 already applied
 
     Note:
-        BNSR's nonlinearity is our reconstruction of the paper (method card). The layers
+        BNSR's nonlinearity is our reconstruction of the paper (see its method card). The layers
         compute in float32 also in a model cast to float16/bfloat16, and pass an empty batch
         through like BatchNorm (see :class:`~lightning_dnn_tricks.nn.bnsr.BNSR1d`).
     """

@@ -150,7 +150,7 @@ def apply_weight_align(
 
     Note:
         ``gain = sqrt(2)`` and ``eps = 1e-5`` are our reconstruction of the paper's constants
-        (method card). With ``gain = sqrt(N)`` and ``eps = 0`` a layer computes exactly what
+        (see its method card). With ``gain = sqrt(N)`` and ``eps = 0`` a layer computes exactly what
         timm's ``StdConv2d`` with ``eps = 0`` computes.
     """
     _check_model(model)

@@ -20,7 +20,7 @@ reports how fast their distance shrinks (the echo state property, empirically).
 
 Note:
     The paper's body was not available: the constraint scheme (groups, bounds, penalty/projection
-    modes, the estimators) is **our reconstruction** from its abstract (method card).
+    modes, the estimators) is **our reconstruction** from its abstract (see its method card).
 """
 
 from __future__ import annotations

@@ -342,7 +342,7 @@ class BNSR2d(_BNSRMixin, nn.BatchNorm2d):
         (True, torch.Size([4, 8, 5, 5]))
 
     Note:
-        The warp is our reconstruction of the paper's nonlinearity (method card).
+        The warp is our reconstruction of the paper's nonlinearity (see its method card).
     """
 
     replaces = nn.BatchNorm2d
@@ -371,7 +371,7 @@ class BNSRAct2d(_BNSRMixin, BatchNormAct2d):
         'SiLU'
 
     Note:
-        The warp is our reconstruction of the paper's nonlinearity (method card).
+        The warp is our reconstruction of the paper's nonlinearity (see its method card).
     """
 
     replaces = BatchNormAct2d

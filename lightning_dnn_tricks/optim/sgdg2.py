@@ -73,7 +73,7 @@ def _step_from(
 def adapted_step(
     h: float, dot: float, d_norm_sq: float, beta: float, tiny: float
 ) -> tuple[float, float]:
-    """The SGD-G2 step-size update: ``(h_new, h_opt)`` before clamping (method card).
+    """The SGD-G2 step-size update: ``(h_new, h_opt)`` before clamping (see its method card).
 
     ``h_opt = 2 h <D, g> / ||D||^2`` when ``<D, g> > 0`` and ``||D|| > tiny`` (else ``h``);
     ``h_new = beta h + (1 - beta) h_opt`` when ``h_opt >= h`` (slow increase), otherwise
