@@ -30,6 +30,7 @@ typecheck: install
 unit: install
 	$(PY) -m pytest
 	$(PY) -m pytest --doctest-modules lightning_dnn_tricks
+	$(PY) -m pytest --markdown-docs --markdown-docs-syntax=superfences -m markdown-docs docs/*.md docs/methods/*.md
 
 docs: install
 	$(VENV)/bin/mkdocs build --strict --site-dir site
