@@ -33,6 +33,7 @@ from lightning_dnn_tricks.callbacks import (
     IterativeMagnitudePruning,
     NormGroup,
     NormLoss,
+    OptimizerSupport,
     WeightAlign,
     WeightNormSupervision,
 )
@@ -109,7 +110,8 @@ def pruning_with_ema() -> str:
 def frank_wolfe_with_ema() -> str:
     model = Net(lambda p: FrankWolfe(p, lr=1e-2, inner_steps=2))
     ema = EMAWeightAveraging(decay=0.5)
-    fit(model, [ema], epochs=1, limit_train_batches=3)  # ends mid-trajectory (3 steps, K=2)
+    # Ends mid-trajectory (3 steps, K=2).
+    fit(model, [OptimizerSupport(), ema], epochs=1, limit_train_batches=3)
     average = ema._average_model.module
     gap = max(
         float((p - q).abs().max())
@@ -155,7 +157,7 @@ def penalty_after_pruning() -> str:
 
 def rewind_with_frank_wolfe_base_state() -> str:
     model, pruning = Net(lambda p: FrankWolfe(p, lr=1e-2, inner_steps=2)), imp(monitor=None)
-    trainer = fit(model, [pruning])
+    trainer = fit(model, [OptimizerSupport(), pruning])
     base = trainer.optimizers[0].base
     pruned = model.head.weight == 0
     moment = base.state[model.head.weight]["exp_avg"]

@@ -7,15 +7,14 @@ time, median step time and the per-step overhead relative to the first configura
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 import lightning.pytorch as pl
 import torch
-from rich.console import Console
-from rich.table import Table
 
 from lightning_dnn_tricks.callbacks import BNSR, NormLoss, WeightAlign
 from lightning_dnn_tricks.callbacks.step_timer import StepTimer
@@ -50,7 +49,7 @@ class DemoResult:
 def run_configuration(
     configuration: DemoConfiguration,
     args: argparse.Namespace,
-    console: Console,
+    out: TextIO | None = None,
     max_steps: int | None = None,
 ) -> DemoResult:
     """Train and test one configuration; return its measurements."""
@@ -81,26 +80,35 @@ def run_configuration(
     trainer.fit(model, data)
     wall = time.perf_counter() - started
     (metrics,) = trainer.test(model, data, verbose=False)
-    console.print(f"  test accuracy {metrics['test/acc']:.4f}, {wall:.1f} s")
+    print(f"  test accuracy {metrics['test/acc']:.4f}, {wall:.1f} s", file=out or sys.stdout)
     return DemoResult(configuration.name, metrics["test/acc"], wall, timer.median_seconds())
 
 
-def results_table(results: Sequence[DemoResult], args: argparse.Namespace) -> Table:
-    table = Table(
-        title=f"timm {args.model} on digits 32x32, {args.epochs} epochs, batch {args.batch_size}"
-    )
-    for column in ("configuration", "test acc", "wall s", "ms/step", "overhead/step"):
-        table.add_column(column, justify="left" if column == "configuration" else "right")
+def results_table(results: Sequence[DemoResult], args: argparse.Namespace) -> str:
+    """The comparison as a plain-text table (reads the same in a terminal and in a log)."""
+    header = ("configuration", "test acc", "wall s", "ms/step", "overhead/step")
     reference = results[0].step_seconds
-    for result in results:
-        table.add_row(
+    rows = [
+        (
             result.name,
             f"{result.test_acc:.4f}",
             f"{result.wall_seconds:.1f}",
             f"{1000 * result.step_seconds:.1f}",
             f"{result.step_seconds / reference:.3f}x",
         )
-    return table
+        for result in results
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        return "  ".join(cells)
+
+    title = f"timm {args.model} on digits 32x32, {args.epochs} epochs, batch {args.batch_size}"
+    rule = "-" * len(line(header))
+    return "\n".join([title, rule, line(header), rule, *map(line, rows), rule])
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -117,15 +125,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] = ()) -> list[DemoResult]:
     """Run every demo configuration and print the comparison table."""
     args = parse_args(argv)
-    console = Console()
-    console.print("Warming up (a few unreported steps, so the first row is not penalised)...")
-    run_configuration(CONFIGURATIONS[0], args, console, max_steps=5)
+    print("Warming up (a few unreported steps, so the first row is not penalised)...")
+    run_configuration(CONFIGURATIONS[0], args, max_steps=5)
     results = []
     for index, configuration in enumerate(CONFIGURATIONS, start=1):
-        console.rule(f"[{index}/{len(CONFIGURATIONS)}] {configuration.name}")
-        results.append(run_configuration(configuration, args, console))
-    console.print(results_table(results, args))
-    console.print(
+        print(f"\n-- [{index}/{len(CONFIGURATIONS)}] {configuration.name} --")
+        results.append(run_configuration(configuration, args))
+    print(results_table(results, args))
+    print(
         "overhead/step: median training-step time relative to the first row, one run each, same "
         "process (expect a few % of noise; benchmarks/overhead.py measures interleaved ratios)."
     )

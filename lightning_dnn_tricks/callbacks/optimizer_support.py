@@ -24,6 +24,7 @@ from lightning_dnn_tricks.callbacks.base import TrickCallback, finish_restarted_
 from lightning_dnn_tricks.composition import conflict, trick_party
 from lightning_dnn_tricks.optim import SGDG2, FrankWolfe, preserve_buffers
 from lightning_dnn_tricks.optim._common import AttributeFingerprint
+from lightning_dnn_tricks.optim._lightning_support import mark_supported, register_trainer
 from lightning_dnn_tricks.registry import Capabilities
 from lightning_dnn_tricks.validation import TrickConfigurationError, TrickWarning
 
@@ -99,10 +100,13 @@ def _capability_checker(optimizer: torch.optim.Optimizer) -> TrickCallback:
 class OptimizerSupport(Callback):
     """Makes this library's optimizers safe under Lightning; inert when none is configured.
 
-    Installing the package registers this callback with Lightning's
-    ``lightning.pytorch.callbacks_factory`` entry point, so every ``Trainer`` gets one and choosing
-    the optimizer is all a user does. Adding it by hand is harmless (only the first instance
-    acts). When fit starts (after ``configure_optimizers``, before the first step) it:
+    Add it to the ``Trainer`` whenever ``configure_optimizers`` returns one of this library's
+    optimizers (``SGDG2``, ``SRK2``, ``FrankWolfe``): ``Trainer(callbacks=[OptimizerSupport()])``.
+    Installing the package adds nothing to any Trainer. Without it, the first step that Lightning
+    takes with one of these optimizers raises :class:`TrickConfigurationError` naming this fix
+    (plain PyTorch loops need no callback). The ``ldt`` command adds it when the configured
+    optimizer is one of ours and the callbacks lack it. More than one instance is harmless (only
+    the first acts). When fit starts (after ``configure_optimizers``, before the first step) it:
 
     - refuses, for the closure optimizers (``SGDG2``, ``SRK2``), ``precision="16-mixed"``
       (Lightning's fp16 GradScaler calls ``step()`` without the closure) and
@@ -132,6 +136,9 @@ class OptimizerSupport(Callback):
       the inner step ``t``: sampled every ``log_every_n_steps``, ``t`` would alias to the same
       value whenever K divides the interval.
 
+    It also marks the optimizers it has checked, which is what their first step under Lightning
+    looks for.
+
     Raises:
         TrickConfigurationError: at fit start, when the Trainer conflicts with an optimizer.
 
@@ -140,7 +147,25 @@ class OptimizerSupport(Callback):
 
     Examples:
         >>> import lightning.pytorch as pl
-        >>> trainer = pl.Trainer(callbacks=[OptimizerSupport()], logger=False)
+        >>> import torch
+        >>> from lightning_dnn_tricks.optim import SGDG2
+        >>> class Module(pl.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = torch.nn.Linear(3, 1)
+        ...     def training_step(self, batch, batch_idx):
+        ...         return torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+        ...     def configure_optimizers(self):
+        ...         return SGDG2(self.parameters(), lr=0.01)
+        >>> data = torch.utils.data.TensorDataset(torch.randn(8, 3), torch.randn(8, 1))
+        >>> trainer = pl.Trainer(
+        ...     callbacks=[OptimizerSupport()], max_steps=2, logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False,
+        ...     enable_model_summary=False,
+        ... )
+        >>> trainer.fit(Module(), torch.utils.data.DataLoader(data, batch_size=4))
+        >>> trainer.global_step
+        2
     """
 
     def __init__(self) -> None:
@@ -155,6 +180,11 @@ class OptimizerSupport(Callback):
         self._carried: list[str] = []
         self._warned_carried = False
         self._steps = 0
+        self._supported: list[torch.optim.Optimizer] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":  # steps taken before on_fit_start (the Tuner's) find the Trainer
+            register_trainer(trainer, active=True)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
@@ -166,6 +196,8 @@ class OptimizerSupport(Callback):
             if not isinstance(optimizer, _OURS):
                 continue
             self.check(trainer, pl_module, optimizer)
+            mark_supported(optimizer, supported=True)
+            self._supported.append(optimizer)
             if isinstance(optimizer, SGDG2):
                 self._watched = watched_modules(pl_module)
                 self._handles += [
@@ -363,11 +395,22 @@ class OptimizerSupport(Callback):
                 restarts = steps[0] // group["inner_steps"]
                 pl_module.log("frank_wolfe/restarts", float(restarts), on_step=True)
 
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        register_trainer(trainer, active=False)  # teardown is not called after an exception
+        for optimizer in self._supported:
+            mark_supported(optimizer, supported=False)
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
+            register_trainer(trainer, active=False)
             self._release()
 
     def _release(self) -> None:
+        for optimizer in self._supported:
+            mark_supported(optimizer, supported=False)
+        self._supported = []
         for handle in self._handles:
             handle.remove()
         for hook in self._average_hooks:
@@ -378,8 +421,3 @@ class OptimizerSupport(Callback):
         self._average_hooks, self._averaging = [], []
         self._handles, self._frank_wolfe, self._closure_optimizers = [], [], []
         self._validating, self._names = [], {}
-
-
-def callbacks_factory() -> list[Callback]:
-    """Lightning's ``lightning.pytorch.callbacks_factory`` entry point: one OptimizerSupport."""
-    return [OptimizerSupport()]

@@ -1,7 +1,8 @@
 """Optimizers (plain ``torch.optim.Optimizer`` subclasses, one per file) and their factory.
 
 ``SGDG2``/``SRK2`` evaluate the gradient twice per step (closure optimizers); ``FrankWolfe`` is
-FW-RNN around a base optimizer. In Lightning, ``callbacks.OptimizerSupport`` makes both safe.
+FW-RNN around a base optimizer. In Lightning, add ``callbacks.OptimizerSupport`` to the Trainer: it
+makes both safe, and their first step under Lightning raises without it (plain loops need none).
 """
 
 from lightning_dnn_tricks.optim._common import preserve_buffers

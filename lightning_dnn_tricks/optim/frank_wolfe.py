@@ -16,6 +16,7 @@ from lightning_dnn_tricks.optim._common import (
     checked_params,
     refuse_sparse,
 )
+from lightning_dnn_tricks.optim._lightning_support import check_lightning_support
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
 from lightning_dnn_tricks.validation import check_choice, check_number
 
@@ -35,6 +36,12 @@ FRANK_WOLFE_SPEC = register_trick(
         capabilities=Capabilities(effects=frozenset({"writes_weights_at_train_end"})),
         docs_page="methods/frank_wolfe.md",
     )
+)
+
+#: What goes wrong under Lightning without OptimizerSupport (the first step says so).
+_WITHOUT_SUPPORT = (
+    "validation, checkpoints and the weights left at the end of training would hold a point of "
+    "the inner trajectory instead of the anchor weights"
 )
 
 
@@ -115,7 +122,10 @@ class FrankWolfe(Optimizer):
             ``base_kwargs``.
         TypeError: ``params`` is not an iterable of leaf tensors or param groups.
         TrickConfigurationError: (a ``ValueError``) at ``step``, before anything moves, when a
-            gradient is sparse (``nn.Embedding(sparse=True)``: build it with ``sparse=False``).
+            gradient is sparse (``nn.Embedding(sparse=True)``: build it with ``sparse=False``),
+            or on the first step a Lightning Trainer takes without
+            ``callbacks.OptimizerSupport`` (the message names the fix,
+            ``Trainer(callbacks=[OptimizerSupport()])``).
         RuntimeError: ``step`` is called while the anchor weights are swapped in.
 
     Examples:
@@ -265,6 +275,7 @@ class FrankWolfe(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One inner Frank-Wolfe step; every ``inner_steps``-th one restarts with a base step."""
+        check_lightning_support(self, _WITHOUT_SUPPORT)
         if self.swapped:
             raise RuntimeError(
                 "FrankWolfe.step: the parameters hold the anchor weights (swap_to_anchor was "

@@ -23,6 +23,7 @@ from lightning_dnn_tricks.optim._common import (
     param_devices,
     refuse_sparse,
 )
+from lightning_dnn_tricks.optim._lightning_support import check_lightning_support
 from lightning_dnn_tricks.registry import Capabilities, TrickSpec, register_trick
 from lightning_dnn_tricks.validation import TrickWarning, check_choice, check_number
 
@@ -53,6 +54,13 @@ SGDG2_SPEC = register_trick(
         reconstruction=True,
         docs_page="methods/sgdg2.md",
     )
+)
+#: What goes wrong under Lightning without OptimizerSupport (the first step says so).
+_WITHOUT_SUPPORT = (
+    "its second (probe) gradient evaluation would update BatchNorm running statistics and "
+    "torchmetrics states a second time and log a second loss every step, and the Trainer "
+    "settings that break the two evaluations (precision='16-mixed', accumulate_grad_batches > 1) "
+    "would go unchecked"
 )
 #: SRK2 (not registered separately): the same needs, a fixed lr that schedules may set.
 SRK2_SPEC = dataclasses.replace(
@@ -142,7 +150,9 @@ class SGDG2(Optimizer):
         TypeError: ``params`` is not an iterable of leaf tensors or param groups.
         TrickConfigurationError: (a ``ValueError``) at ``step``, after the first evaluation and
             before any parameter moves, when a gradient is sparse
-            (``nn.Embedding(sparse=True)``: build it with ``sparse=False``).
+            (``nn.Embedding(sparse=True)``: build it with ``sparse=False``); on the first step
+            a Lightning Trainer takes without ``callbacks.OptimizerSupport`` (the message names
+            the fix, ``Trainer(callbacks=[OptimizerSupport()])``).
 
     Warns:
         TrickWarning: once, when a ``"g2"`` group's ``lr`` after the first evaluation differs
@@ -257,6 +267,7 @@ class SGDG2(Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate the closure at ``X`` and at the probe ``Y``, update ``X`` and ``h``; returns
         the loss of the first evaluation (at ``X``)."""
+        check_lightning_support(self, _WITHOUT_SUPPORT)
         closure = check_closure(type(self).__name__, closure)
         devices = param_devices(p for group in self.param_groups for p in group["params"])
         before = RNGState(devices)

@@ -18,6 +18,7 @@ from lightning_dnn_tricks.callbacks import (
     IterativeMagnitudePruning,
     NormGroup,
     NormLoss,
+    OptimizerSupport,
     WeightAlign,
     WeightNormSupervision,
 )
@@ -140,7 +141,7 @@ def test_a_rewind_masks_and_clears_frank_wolfes_base_optimizer_state() -> None:
     pruning = IterativeMagnitudePruning(
         amount=0.5, rounds=2, epochs_per_round=1, monitor=None, verbose=False
     )
-    trainer = _fit(model, [pruning], max_epochs=3)
+    trainer = _fit(model, [OptimizerSupport(), pruning], max_epochs=3)
     base = trainer.optimizers[0].base
     for name, mask in pruning.masks.items():
         state = base.state[dict(model.named_parameters())[name]]

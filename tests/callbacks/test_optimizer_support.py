@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import pytest
-import tomllib
 import torch
 from ldt_testing import QUIET_TRAINER
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -16,10 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_dnn_tricks import TrickConfigurationError, TrickWarning
 from lightning_dnn_tricks.callbacks import IterativeMagnitudePruning, OptimizerSupport
-from lightning_dnn_tricks.callbacks.optimizer_support import callbacks_factory
-from lightning_dnn_tricks.optim import SGDG2, FrankWolfe
-
-ROOT = Path(__file__).resolve().parents[2]
+from lightning_dnn_tricks.optim import SGDG2, SRK2, FrankWolfe
 
 
 class MaskRecorder(nn.Module):
@@ -135,13 +131,91 @@ def test_only_the_first_instance_acts() -> None:
     assert int(module.net[1].num_batches_tracked) == 1 and module.logged_losses == 1
 
 
-def test_entry_point_adds_the_callback_to_every_trainer() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    entry = project["project"]["entry-points"]["lightning.pytorch.callbacks_factory"]
-    assert entry == {
-        "lightning_dnn_tricks": "lightning_dnn_tricks.callbacks.optimizer_support:callbacks_factory"
-    }
-    assert [type(cb) for cb in callbacks_factory()] == [OptimizerSupport]
+OPTIMIZERS = {
+    "SGDG2": lambda p: SGDG2(p, lr=0.01),
+    "SRK2": lambda p: SRK2(p, lr=0.01),
+    "FrankWolfe": lambda p: FrankWolfe(p, lr=1e-2, inner_steps=2),
+}
+
+
+class ManualModule(Module):
+    """Manual optimisation through Lightning's optimizer wrapper (``self.optimizers()``)."""
+
+    def __init__(self, optimizer: Any) -> None:
+        super().__init__(optimizer)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            self.manual_backward(loss)
+            return loss
+
+        optimizer.step(closure=closure)
+
+
+@pytest.mark.parametrize("manual", [False, True], ids=["automatic", "manual"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_trainer_without_optimizer_support_fails_on_the_first_step(
+    name: str, manual: bool
+) -> None:
+    """Manual optimisation too (with the callback, it then refuses manual optimisation)."""
+    module = (ManualModule if manual else Module)(OPTIMIZERS[name])
+    before = [p.detach().clone() for p in module.parameters()]
+    trainer = pl.Trainer(max_steps=3, **QUIET_TRAINER)
+    with pytest.raises(TrickConfigurationError) as raised:
+        trainer.fit(module, _loader())
+    message = str(raised.value)
+    assert message.startswith(f"{name} is stepped by a Lightning Trainer that has no ")
+    assert "Trainer(callbacks=[OptimizerSupport()])" in message
+    assert "from lightning_dnn_tricks.callbacks import OptimizerSupport" in message
+    assert "\n" not in message  # one paragraph
+    assert trainer.global_step == 0 and module.net[2].masks == []  # before the first evaluation
+    assert all(torch.equal(p, q) for p, q in zip(before, module.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_with_optimizer_support_they_train(name: str) -> None:
+    module = Module(OPTIMIZERS[name])
+    trainer = pl.Trainer(max_steps=3, callbacks=[OptimizerSupport()], **QUIET_TRAINER)
+    trainer.fit(module, _loader())
+    assert trainer.global_step == 3
+    optimizer = trainer.optimizers[0]
+    assert "_lightning_support" not in vars(optimizer)  # the mark ends with the fit
+    with pytest.raises(TrickConfigurationError, match="no OptimizerSupport"):  # a new Trainer
+        pl.Trainer(max_steps=1, **QUIET_TRAINER).fit(Module(lambda p: optimizer), _loader())
+
+
+def test_a_plain_loop_needs_no_callback_with_lightning_imported() -> None:
+    model = nn.Linear(4, 1)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    for name, make in OPTIMIZERS.items():
+        optimizer = make(model.parameters())
+
+        def closure(optimizer: torch.optim.Optimizer = optimizer) -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        for _ in range(2):
+            optimizer.step(closure)
+        assert all(torch.isfinite(p).all() for p in model.parameters()), name
+
+
+def test_steps_the_tuner_takes_before_fit_start_find_the_callback() -> None:
+    """Lightning runs tuner callbacks first: their steps precede OptimizerSupport.on_fit_start."""
+    from lightning.pytorch.tuner import Tuner
+
+    module = Module(lambda p: FrankWolfe(p, lr=1e-2, inner_steps=2))
+    module.lr = 1e-2
+    trainer = pl.Trainer(max_steps=3, callbacks=[OptimizerSupport()], **QUIET_TRAINER)
+    Tuner(trainer).lr_find(module, _loader(), num_training=3, update_attr=False)
+    trainer.fit(module, _loader())
+    assert trainer.global_step == 3
 
 
 class StateDictProbe(pl.Callback):
@@ -169,17 +243,6 @@ def test_frank_wolfe_state_dict_holds_the_anchor_mid_trajectory() -> None:
     assert torch.equal(probe.saved[2], probe.live[1]) and not torch.equal(
         probe.live[2], probe.live[1]
     )
-
-
-def test_every_trainer_gets_exactly_one_optimizer_support() -> None:
-    """pyproject's entry point (installed by ``make install``) adds the callback to any Trainer."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    entries = project["project"]["entry-points"]["lightning.pytorch.callbacks_factory"]
-    assert entries == {
-        "lightning_dnn_tricks": "lightning_dnn_tricks.callbacks.optimizer_support:callbacks_factory"
-    }
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False)
-    assert sum(isinstance(c, OptimizerSupport) for c in trainer.callbacks) == 1
 
 
 class OneCycleModule(Module):

@@ -20,6 +20,7 @@ from lightning_dnn_tricks.callbacks import (
     IterativeMagnitudePruning,
     NormGroup,
     NormLoss,
+    OptimizerSupport,
     WeightAlign,
     WeightNormSupervision,
 )
@@ -102,8 +103,8 @@ def trick_callbacks(name: str, second: bool = False) -> list[pl.Callback]:
             WeightNormSupervision(groups=[NormGroup(f"g{int(second)}", bound=0.5, include=part)])
         ],
         "importance_sampling": lambda: [AdaptiveImportanceSampling(refresh_every=2)],
-        "sgdg2": list,
-        "frank_wolfe": list,
+        "sgdg2": lambda: [OptimizerSupport()],  # their Lightning support (only the first acts)
+        "frank_wolfe": lambda: [OptimizerSupport()],
     }
     return builders[name]()
 

@@ -234,9 +234,8 @@ TRICK_CASES: dict[str, TrickCase] = {
 }
 
 
-# Optimizer tricks (issue 5): the model trains with the trick's optimizer. OptimizerSupport is
-# listed because the entry point that adds it to every Trainer needs the package (re)installed;
-# with both present only the first instance acts.
+# Optimizer tricks (issue 5): the model trains with the trick's optimizer, and the Trainer lists
+# OptimizerSupport, as a user's does (without it the first step raises, naming the fix).
 def _params() -> list[torch.nn.Parameter]:
     return list(torch.nn.Linear(3, 2).parameters())
 
