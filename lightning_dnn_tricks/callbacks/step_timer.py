@@ -7,13 +7,26 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_dnn_tricks.validation import check_number
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the kernels queued on ``device`` (CUDA); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepTimer(Callback):
     """Wall-clock time of each training batch, from ``on_train_batch_start`` to its end.
+
+    On a CUDA device, kernels run asynchronously: the clock would stop when the step's kernels
+    are queued, not when they have run. So both timing points first synchronise the module's
+    device (``torch.cuda.synchronize(pl_module.device)``): the start waits for earlier work,
+    the end for the step's own. On the CPU nothing is synchronised (there is nothing to wait
+    for); other accelerators (MPS, XLA) are timed as they are, without a synchronisation.
 
     Args:
         warmup_steps: the first steps to leave out of :meth:`median_seconds` (allocator and
@@ -35,6 +48,7 @@ class StepTimer(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        _synchronize(pl_module.device)
         self._started = time.perf_counter()
 
     def on_train_batch_end(
@@ -46,6 +60,7 @@ class StepTimer(Callback):
         batch_idx: int,
     ) -> None:
         if self._started is not None:
+            _synchronize(pl_module.device)
             self.durations.append(time.perf_counter() - self._started)
             self._started = None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from itertools import accumulate
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -14,16 +14,10 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from lightning_dnn_tricks.data._seeding import seeded_generator
 from lightning_dnn_tricks.data.loader import ResumableDataLoader
 from lightning_dnn_tricks.data.samplers import EpochSeededRandomSampler
-from lightning_dnn_tricks.validation import check_number
+from lightning_dnn_tricks.validation import check_bool, check_number
 
 #: Largest accepted seed (the range numpy's legacy global seeding accepts).
 MAX_SEED = 2**32 - 1
-
-
-def check_flag(name: str, value: Any) -> None:
-    """Raise ``ValueError`` unless ``value`` is a ``bool`` (``1`` and ``0`` are refused)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be one of True, False, got {value!r}.")
 
 
 class DatasetSplits(NamedTuple):
@@ -44,6 +38,11 @@ def stratified_split(
     Each class's indices are shuffled with ``generator`` and cut into ``round(fraction * count)``
     pieces; the parts are returned sorted (the dataset's order). ``fractions`` maps the argument
     name to its value, so that an empty part raises a ``ValueError`` naming the argument.
+
+    Not scikit-learn's ``train_test_split(stratify=...)``: :class:`FashionMNISTDataModule` uses
+    this split and lives in the core, which must not need scikit-learn (an ``examples`` extra);
+    and a seeded ``torch.Generator`` keeps the splits identical across machines and numpy
+    versions, in one pass for any number of parts.
     """
     parts: list[list[torch.Tensor]] = [[] for _ in range(len(fractions) + 1)]
     for label in torch.unique(labels):
@@ -86,6 +85,7 @@ class InMemoryDataModule(pl.LightningDataModule, ABC):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``drop_last`` is not a ``bool``.
 
     Examples:
         >>> class Ones(InMemoryDataModule):
@@ -108,7 +108,7 @@ class InMemoryDataModule(pl.LightningDataModule, ABC):
         check_number("batch_size", batch_size, low=1, integer=True)
         check_number("seed", seed, low=0, high=MAX_SEED, integer=True)
         check_number("num_workers", num_workers, low=0, integer=True)
-        check_flag("drop_last", drop_last)
+        check_bool("drop_last", drop_last)
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers

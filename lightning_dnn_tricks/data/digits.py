@@ -50,8 +50,9 @@ class DigitsDataModule(InMemoryDataModule):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``drop_last`` is not a ``bool``.
         ImportError: scikit-learn is not installed
-            (``pip install 'lightning-dnn-tricks[examples]'``).
+            (``pip install "lightning-dnn-tricks[examples]"``).
 
     Examples:
         >>> dm = DigitsDataModule(batch_size=16, image_size=32, channels=3)

@@ -17,10 +17,9 @@ from lightning_dnn_tricks.data._optional import require
 from lightning_dnn_tricks.data.base import (
     DatasetSplits,
     InMemoryDataModule,
-    check_flag,
     stratified_split,
 )
-from lightning_dnn_tricks.validation import check_choice, check_number, check_text
+from lightning_dnn_tricks.validation import check_bool, check_choice, check_number, check_text
 
 #: The environment variable that names the folder of the IDX files.
 DATA_DIR_VARIABLE = "LDT_FASHION_MNIST_DIR"
@@ -131,6 +130,8 @@ class FashionMNISTDataModule(InMemoryDataModule):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``as_sequence`` or ``drop_last`` is not a ``bool``, or ``data_dir`` is not
+            a string or ``None``.
         FileNotFoundError: at ``setup``, an IDX file is missing (the message says how to get it).
 
     Examples:
@@ -163,7 +164,7 @@ class FashionMNISTDataModule(InMemoryDataModule):
         check_text("data_dir", data_dir)
         check_choice("image_size", image_size, (28, 32))
         check_choice("channels", channels, (1, 3))
-        check_flag("as_sequence", as_sequence)
+        check_bool("as_sequence", as_sequence)
         check_number(
             "val_fraction", val_fraction, low=0, high=1, low_inclusive=False, high_inclusive=False
         )

@@ -14,11 +14,10 @@ from lightning_dnn_tricks.data._optional import require
 from lightning_dnn_tricks.data.base import (
     DatasetSplits,
     InMemoryDataModule,
-    check_flag,
     check_fractions,
     stratified_split,
 )
-from lightning_dnn_tricks.validation import check_number
+from lightning_dnn_tricks.validation import check_bool, check_number
 
 #: Length of every MNIST-1D signal (the package's ``final_seq_length``).
 SEQ_LEN = 40
@@ -63,8 +62,9 @@ class MNIST1DDataModule(InMemoryDataModule):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``as_sequence`` or ``drop_last`` is not a ``bool``.
         ImportError: ``mnist1d`` is not installed
-            (``pip install 'lightning-dnn-tricks[examples]'``).
+            (``pip install "lightning-dnn-tricks[examples]"``).
 
     Examples:
         >>> dm = MNIST1DDataModule(batch_size=8, num_samples=200, as_sequence=True)
@@ -96,7 +96,7 @@ class MNIST1DDataModule(InMemoryDataModule):
         check_number("num_samples", num_samples, low=100, integer=True)
         if num_samples % NUM_CLASSES:
             raise ValueError(f"`num_samples` must be a multiple of 10, got {num_samples!r}.")
-        check_flag("as_sequence", as_sequence)
+        check_bool("as_sequence", as_sequence)
         check_fractions(("val_fraction",), (val_fraction,))
         super().__init__(
             batch_size=batch_size, seed=seed, num_workers=num_workers, drop_last=drop_last

@@ -137,6 +137,7 @@ class AddingProblemDataModule(_SyntheticSequenceDataModule):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``drop_last`` is not a ``bool``.
 
     Examples:
         >>> dm = AddingProblemDataModule(seq_len=50, num_train=128, num_val=32, num_test=32)
@@ -214,6 +215,7 @@ class CopyMemoryDataModule(_SyntheticSequenceDataModule):
 
     Raises:
         ValueError: an argument is out of range (the message names it).
+        TypeError: ``drop_last`` is not a ``bool``.
 
     Examples:
         >>> dm = CopyMemoryDataModule(delay=20, num_train=128, num_val=32, num_test=32)

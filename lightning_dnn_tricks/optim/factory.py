@@ -1,6 +1,7 @@
 """``create_optimizer``: this library's optimizers by name, with timm-style param groups.
 
-Pure torch; timm is imported only when a name is not ours and is handed to timm's factory.
+Pure torch at import; timm is imported when a call needs it: a name that is not ours (handed to
+timm's factory), or a module whose param groups timm's helper splits.
 """
 
 from __future__ import annotations
@@ -125,12 +126,22 @@ def list_optimizers(include_aliases: bool = False) -> list[str]:
 def param_groups_weight_decay(
     model: nn.Module, weight_decay: float, no_weight_decay: Iterable[str] = ()
 ) -> list[dict[str, Any]]:
-    """Two param groups as timm makes them: no weight decay on biases, norm and 1-d parameters.
+    """timm's param groups (``timm.optim.param_groups_weight_decay``), with regex exemptions.
 
-    A trainable parameter goes to the ``weight_decay=0`` group when it has at most one dimension
-    (biases, norm scales and shifts), its name ends in ``.bias``, or its name matches one of
-    ``no_weight_decay`` (exact names or regular expressions; the model's own
-    ``no_weight_decay()`` set, as timm models define it, is added).
+    timm's helper does the split: a trainable parameter gets ``weight_decay=0`` when it has at
+    most one dimension (biases, norm scales and shifts), its name ends in ``.bias`` or it is in
+    the no-decay list; frozen parameters are left out. It returns the no-decay group, then the
+    decayed one, and leaves out a group that would be empty (with ``weight_decay=0``, one group
+    holds every parameter). This wrapper keeps two differences from calling it directly:
+
+    - ``no_weight_decay`` holds regular expressions matched against whole parameter names (an
+      exact name is one), as this library has always taken them; timm's list takes
+      shell-style wildcards, so the names they match are handed to timm, not the patterns;
+    - the model's own ``no_weight_decay()`` set, as timm models define it, is added to the
+      list (timm's ``create_optimizer_v2`` does this, its helper does not), with timm's
+      matching;
+
+    and checks the arguments, which timm does not.
 
     Raises:
         TypeError: ``model`` is not a module, or ``no_weight_decay`` is not an iterable of
@@ -138,6 +149,7 @@ def param_groups_weight_decay(
         ValueError: ``weight_decay`` is not a finite number >= 0, or a name is not a regex.
 
     Examples:
+        >>> import torch
         >>> groups = param_groups_weight_decay(torch.nn.Linear(3, 2), 0.1)
         >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
         [(1, 0.0), (1, 0.1)]
@@ -146,22 +158,18 @@ def param_groups_weight_decay(
         raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}.")
     check_number("weight_decay", weight_decay, low=0.0)
     patterns = _patterns(no_weight_decay)
+    import timm.optim
+
+    exempt = [
+        name for name, _ in model.named_parameters() if any(p.fullmatch(name) for p in patterns)
+    ]
     own = getattr(model, "no_weight_decay", None)
     if callable(own):
-        patterns += [re.compile(name) for name in own()]
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        exempt = (
-            param.ndim <= 1 or name.endswith(".bias") or any(p.fullmatch(name) for p in patterns)
-        )
-        (no_decay if exempt else decay).append(param)
-    return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
-    ]
+        exempt += list(own())
+    groups: list[dict[str, Any]] = timm.optim.param_groups_weight_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=exempt
+    )
+    return groups
 
 
 def create_optimizer(

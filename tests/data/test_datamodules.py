@@ -6,7 +6,7 @@ import random
 import re
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning_utilities.core.imports import module_available, package_available
 from torch.utils.data import RandomSampler, SequentialSampler
 
 from lightning_dnn_tricks.data import (
@@ -324,10 +325,8 @@ BAD_ARGUMENTS = [
     (DigitsDataModule, {"seed": -1}, "seed"),
     (DigitsDataModule, {"seed": 2**32}, "seed"),
     (DigitsDataModule, {"num_workers": -1}, "num_workers"),
-    (DigitsDataModule, {"drop_last": 1}, "drop_last"),
     (MNIST1DDataModule, {"num_samples": 50}, "num_samples"),
     (MNIST1DDataModule, {"num_samples": 205}, "num_samples"),
-    (MNIST1DDataModule, {"as_sequence": "yes"}, "as_sequence"),
     (MNIST1DDataModule, {"val_fraction": 1.5}, "val_fraction"),
     (AddingProblemDataModule, {"seq_len": 1}, "seq_len"),
     (AddingProblemDataModule, {"num_train": 0}, "num_train"),
@@ -352,11 +351,45 @@ def test_bad_arguments_raise_naming_the_argument(
         factory(**kwargs)
 
 
+NOT_A_BOOL = [
+    (DigitsDataModule, {"drop_last": 1}, "drop_last"),
+    (AddingProblemDataModule, {"drop_last": "false"}, "drop_last"),
+    (MNIST1DDataModule, {"as_sequence": "yes"}, "as_sequence"),
+    (MNIST1DDataModule, {"as_sequence": 0}, "as_sequence"),
+]
+
+
+@pytest.mark.parametrize(
+    ("factory", "kwargs", "argument"),
+    NOT_A_BOOL,
+    ids=[f"{factory.__name__}-{argument}-{kwargs}" for factory, kwargs, argument in NOT_A_BOOL],
+)
+def test_a_flag_that_is_not_a_bool_raises_type_error_naming_it(
+    factory: Factory, kwargs: dict[str, Any], argument: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(f"`{argument}` must be True or False")):
+        factory(**kwargs)
+
+
 def test_sampler_bad_arguments() -> None:
     with pytest.raises(ValueError, match="`seed`"):
         EpochSeededRandomSampler(range(3), seed=-1)
     with pytest.raises(ValueError, match="`epoch`"):
         EpochSeededRandomSampler(range(3), epoch=0.5)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def fresh_import_checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """``monkeypatch``, with lightning_utilities' cached import checks cleared around the test.
+
+    ``require`` asks ``RequirementCache``, whose ``module_available`` is cached per process: a
+    module hidden by the test must not be answered from an earlier check, nor stay missing after.
+    """
+    module_available.cache_clear()
+    package_available.cache_clear()
+    yield monkeypatch
+    module_available.cache_clear()
+    package_available.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -367,13 +400,23 @@ def test_sampler_bad_arguments() -> None:
     ],
 )
 def test_missing_optional_dependency_says_how_to_install(
-    monkeypatch: pytest.MonkeyPatch, factory: Factory, modules: list[str], package: str
+    fresh_import_checks: pytest.MonkeyPatch, factory: Factory, modules: list[str], package: str
 ) -> None:
     for module in modules:
-        monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+        fresh_import_checks.setitem(sys.modules, module, None)  # makes `import module` fail
     message = f"{factory.__name__} needs {package}. Install it with: pip install "
-    with pytest.raises(ImportError, match=message + r"'lightning-dnn-tricks\[examples\]'"):
+    with pytest.raises(ImportError, match=message + r'"lightning-dnn-tricks\[examples\]"'):
         factory()
+
+
+def test_require_names_the_module_that_cannot_be_imported(
+    fresh_import_checks: pytest.MonkeyPatch,
+) -> None:
+    fresh_import_checks.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(ImportError, match=r"needs scikit-learn\..*\[extra\]\" \('sklearn.x'"):
+        require("sklearn.x", "the test", extra="extra")
+    with pytest.raises(TypeError, match="`feature`"):
+        require("math", None)  # type: ignore[arg-type]
 
 
 def test_require_returns_the_module() -> None:
