@@ -108,7 +108,11 @@ class FrankWolfe(Optimizer):
             ``inner_steps``, ``radius``, ``trajectory``, ``tiny`` and any option of the base
             optimizer). Dense gradients only.
         lr: learning rate of the base optimizer (> 0; a scheduler may take it to 0).
-        inner_steps: ``K``, steps per inner trajectory (integer >= 1).
+        inner_steps: ``K``, steps per inner trajectory (integer >= 1). The default 1 follows our
+            measurement (row-sequential Fashion-MNIST and the adding problem, 3 seeds each):
+            ``K = 1``, Adam on per-tensor normalised gradients, had the best mean on every
+            task, and ``K = 5`` or ``10`` was never better at the same number of minibatches.
+            ``K > 1`` adds the inner Frank-Wolfe trajectory, with ``K`` times fewer base steps.
         radius: ``eps``, radius of the ball (> 0); ``None`` means the group's current ``lr``.
         trajectory: ``"official"`` (cumulative, the authors' code) or ``"textbook"``.
         base_optimizer: the outer optimizer class or its dotted path (default Adam).
@@ -131,7 +135,7 @@ class FrankWolfe(Optimizer):
     Examples:
         >>> import torch
         >>> rnn = torch.nn.RNN(2, 8, batch_first=True)
-        >>> opt = FrankWolfe(rnn.parameters(), lr=1e-3, inner_steps=5)
+        >>> opt = FrankWolfe(rnn.parameters(), lr=1e-3, inner_steps=5)  # default K is 1
         >>> out, _ = rnn(torch.randn(4, 10, 2))
         >>> out.pow(2).mean().backward()
         >>> opt.step()
@@ -156,7 +160,7 @@ class FrankWolfe(Optimizer):
         self,
         params: Iterable[Any],
         lr: float = 1e-3,
-        inner_steps: int = 5,
+        inner_steps: int = 1,
         radius: float | None = None,
         trajectory: Trajectory = "official",
         base_optimizer: str | type[Optimizer] = "torch.optim.Adam",
