@@ -68,7 +68,8 @@ class AcceleratedIMP(IterativeMagnitudePruning):
         exclude: regular expression on module names to leave unpruned.
         exclude_classifier: leave the final classifier layer unpruned.
         monitor: metric recorded at the end of each round, when logged; ``None`` to skip.
-        export_path: save the permanently pruned ``state_dict`` here at the end.
+        export_path: save the permanently pruned ``state_dict`` to this file at the end; a
+            relative path goes under the run's log directory (``trainer.log_dir``).
         export_submodule: dotted attribute of the LightningModule to export instead.
         verbose: print the round, sparsity and epochs left at every round.
 

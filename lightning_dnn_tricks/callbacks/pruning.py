@@ -105,8 +105,11 @@ class IterativeMagnitudePruning(TrickCallback):
         exclude_classifier: leave the final classifier layer unpruned.
         monitor: metric recorded at the end of each round (``history``) and logged as
             ``pruning/round_<monitor>``, when the run logs it; ``None`` to skip.
-        export_path: save the permanently pruned ``state_dict`` (plain tensors) here at the end
-            (rank 0; not under ``fast_dev_run``).
+        export_path: save the permanently pruned ``state_dict`` (plain tensors) to this file at
+            the end (rank 0; not under ``fast_dev_run``). A relative path is resolved against
+            the run's log directory, ``trainer.log_dir`` (``lightning_logs/version_N/`` with
+            the default logger, ``default_root_dir`` without one), so each run writes its own;
+            the file written is printed (see :meth:`export_file`).
         export_submodule: dotted attribute of the LightningModule to export instead of the whole
             module, e.g. ``"model"`` for the timm network of ``TimmClassifier``.
         verbose: print the round, sparsity and epochs left at every round.
@@ -196,6 +199,7 @@ class IterativeMagnitudePruning(TrickCallback):
         self.monitor = monitor
         self.export_path = export_path
         self.export_submodule = export_submodule
+        self._export_file: Path | None = None
         self.verbose = verbose
         if rewind_epoch is not None and rewind_epoch >= self.round_epochs(0):
             raise ValueError(
@@ -327,7 +331,21 @@ class IterativeMagnitudePruning(TrickCallback):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self._check_schedule(trainer)
+            self._export_file = self.export_file(trainer)
             self._check_export(pl_module)
+
+    def export_file(self, trainer: pl.Trainer) -> Path | None:
+        """The file the export goes to: ``export_path`` when it is absolute, else that path
+        under ``trainer.log_dir`` (its ``default_root_dir`` when the logger has no directory);
+        ``None`` without ``export_path``. Called on every rank at ``setup``, as
+        ``trainer.log_dir`` requires."""
+        if self.export_path is None:
+            return None
+        path = Path(self.export_path).expanduser()
+        if path.is_absolute():
+            return path
+        root = trainer.log_dir
+        return Path(root if root is not None else trainer.default_root_dir) / path
 
     def _check_export(self, pl_module: pl.LightningModule) -> None:
         """Refuse an export that could only fail after the whole schedule has trained."""
@@ -342,10 +360,10 @@ class IterativeMagnitudePruning(TrickCallback):
                 )
         if self.export_path is None:
             return
-        path = Path(self.export_path)
-        if path.is_dir():
+        path = self._export_file or Path(self.export_path)
+        if path.is_dir() or Path(self.export_path).name in ("", ".."):
             self._refuse(
-                f"export_path={self.export_path!r} is a directory.",
+                f"export_path={self.export_path!r} is a directory ({path}).",
                 "Give a file name, e.g. 'pruned.pt' inside it.",
             )
         existing = next(parent for parent in path.absolute().parents if parent.exists())
@@ -501,10 +519,14 @@ class IterativeMagnitudePruning(TrickCallback):
         self._record_round(trainer, trainer.current_epoch)
         if self.export_path is None:
             return
+        target = self._export_file or Path(self.export_path)
+        name = type(self).__name__
         if getattr(trainer, "fast_dev_run", False):  # a smoke run writes nothing, like Lightning
-            rank_zero_info(f"{type(self).__name__}: fast_dev_run, {self.export_path} not written.")
+            rank_zero_info(f"{name}: fast_dev_run, {target} not written.")
         elif trainer.is_global_zero:
-            self.export(pl_module, self.export_path)
+            replaced = " (it replaced an existing file)" if target.exists() else ""
+            self.export(pl_module, target)
+            rank_zero_info(f"{name}: pruned state_dict written to {target}{replaced}.")
 
     # ------------------------------------------------------------------ rounds
     def _early_masks(self, trainer: pl.Trainer, elapsed: int) -> list[Tensor] | None:

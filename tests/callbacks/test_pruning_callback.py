@@ -340,6 +340,36 @@ def test_export_loads_into_a_fresh_model_without_the_library(tmp_path: Path) -> 
     assert float((state["head.weight"] == 0).float().mean()) > 0.7
 
 
+def test_a_relative_export_goes_under_the_log_directory_and_is_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    def build(export_path: str) -> IterativeMagnitudePruning:
+        return IterativeMagnitudePruning(
+            amount=0.5, rounds=1, epochs_per_round=1, export_path=export_path, verbose=False
+        )
+
+    with caplog.at_level(logging.INFO):
+        trainer, _ = _fit(build("pruned.pt"), logger=CSVLogger(tmp_path / "logs"))
+    written = tmp_path / "logs" / "lightning_logs" / "version_0" / "pruned.pt"
+    assert Path(trainer.log_dir) / "pruned.pt" == written and written.is_file()
+    assert not list(cwd.iterdir())  # nothing in the directory the run started from
+    assert f"written to {written}." in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        trainer, _ = _fit(build("pruned.pt"), logger=CSVLogger(tmp_path / "logs"))
+    assert (tmp_path / "logs" / "lightning_logs" / "version_1" / "pruned.pt").is_file()
+    assert "replaced" not in caplog.text  # a second run writes its own file
+    with caplog.at_level(logging.INFO):
+        _fit(build(str(written)))  # an absolute path is used as it is, and a replacement said
+    assert f"written to {written} (it replaced an existing file)." in caplog.text
+
+
 def test_exported_timm_backbone_loads_into_a_fresh_timm_model(tmp_path: Path) -> None:
     import timm
 
