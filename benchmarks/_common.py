@@ -230,6 +230,33 @@ def run_parallel(
             on_result(future.result())
 
 
+def run_missing(
+    function: Callable[[Item], Outcome],
+    configs: Sequence[Item],
+    results: dict[Item, Outcome],
+    *,
+    save: Callable[[dict[Item, Outcome]], None],
+    describe: Callable[[Outcome], str],
+    stage: str,
+    workers: int,
+    threads: int | None,
+) -> None:
+    """Run ``function`` on every config missing from ``results`` (outcomes keyed by their
+    ``.config``); after each, store it, call ``save(results)`` and print ``describe(outcome)``
+    with the stage's progress count."""
+    todo = [config for config in configs if config not in results]
+    done = 0
+
+    def record(outcome: Outcome) -> None:
+        nonlocal done
+        done += 1
+        results[outcome.config] = outcome  # type: ignore[attr-defined]
+        save(results)
+        console.print(f"{stage} [{done}/{len(todo)}] {describe(outcome)}")
+
+    run_parallel(function, todo, record, workers=workers, threads=threads)
+
+
 def trainer_kwargs(accelerator: str = "cpu", devices: int = 1) -> dict[str, Any]:
     """The Trainer settings every benchmark shares: no logger, checkpoints or progress bar."""
     return {

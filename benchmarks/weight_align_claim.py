@@ -73,7 +73,7 @@ from _common import (
     mean_std,
     plot_path,
     quiet_lightning,
-    run_parallel,
+    run_missing,
     shown,
     trainer_kwargs,
     write_results,
@@ -230,25 +230,23 @@ def run_configs(
     stage: str,
 ) -> None:
     """Train the ``configs`` missing from ``results`` (in ``--workers`` processes); store each."""
-    todo = [c for c in configs if c not in results]
-    done = 0
 
-    def record(result: RunResult) -> None:
-        nonlocal done
-        done += 1
-        results[result.config] = result
-        store = {"signature": run_signature(args), "runs": [asdict(r) for r in results.values()]}
+    def save(runs: dict[RunConfig, RunResult]) -> None:
+        store = {"signature": run_signature(args), "runs": [asdict(r) for r in runs.values()]}
         store_path.write_text(json.dumps(store, indent=1))
+
+    def describe(result: RunResult) -> str:
         c = result.config
-        console.print(
-            f"{stage} [{done}/{len(todo)}] {LABELS[c.norm]}, batch {c.batch_size}, seed "
+        return (
+            f"{LABELS[c.norm]}, batch {c.batch_size}, seed "
             f"{c.seed}, lr {c.lr}: val {result.val_acc:.4f}, test {result.test_acc:.4f} "
             f"({result.seconds:.0f} s)"
         )
 
-    run_parallel(
-        partial(train_once, args=args), todo, record, workers=args.workers, threads=args.threads
-    )
+    run_missing(
+        partial(train_once, args=args), configs, results, save=save, describe=describe,
+        stage=stage, workers=args.workers, threads=args.threads,
+    )  # fmt: skip
 
 
 def choose_learning_rates(
